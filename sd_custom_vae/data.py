@@ -154,20 +154,22 @@ class RandomCrops(torch.utils.data.Dataset):
         return crop
 
 
-def evaluation_crops(images: list[Image.Image], resolution: int, per_image: int = 4) -> torch.Tensor:
-    """Fixed crops for evaluation: the centre crop, then evenly spaced ones along the longer side.
+# where evaluation crops sit, as fractions of the free space: the centre first, then towards the corners
+_EVAL_SPOTS = [(0.5, 0.5), (0.15, 0.15), (0.85, 0.85), (0.85, 0.15), (0.15, 0.85)]
 
-    (N, 3, resolution, resolution) in [-1, 1]; the same for every run.
+
+def evaluation_crops(images: list[Image.Image], resolution: int, per_image: int = 4) -> torch.Tensor:
+    """Fixed crops for evaluation: each image's centre crop, then crops towards its corners.
+
+    (N, 3, resolution, resolution) in [-1, 1], the same for every run, ordered round-robin
+    (every image's first crop, then every image's second, ...) so that the first few show every photo.
     """
-    crops = []
+    per_photo = []
     for image in images:
         width, height = image.size
-        positions = [((width - resolution) // 2, (height - resolution) // 2)]
-        for i in range(1, per_image):
-            fraction = i / per_image
-            positions.append((round((width - resolution) * fraction), round((height - resolution) * (1 - fraction))))
-        for left, top in dict.fromkeys(positions):
-            crops.append(to_tensor(image.crop((left, top, left + resolution, top + resolution))))
+        positions = [(round((width - resolution) * fx), round((height - resolution) * fy)) for fx, fy in _EVAL_SPOTS[:per_image]]
+        per_photo.append([image.crop((x, y, x + resolution, y + resolution)) for x, y in dict.fromkeys(positions)])
+    crops = [to_tensor(photo[i]) for i in range(per_image) for photo in per_photo if i < len(photo)]
     return torch.stack(crops)
 
 
@@ -199,7 +201,10 @@ def load_image_data(
     train = load_images(train_paths, resolution, report)
     val = load_images(val_paths, resolution, report)
     if not train:
-        raise ValueError(f"{data}: none of the {len(train_paths)} training files could be read as an image")
+        raise ValueError(
+            f"{data}: none of the {len(train_paths)} training files could be read as an image "
+            f"({report.skipped} unreadable file(s) skipped in all)"
+        )
     if not val:  # every held-out file was unreadable: hold one readable training image out instead
         if len(train) < 2:
             raise ValueError(f"{data}: need at least two readable images (one to train on, one to validate)")

@@ -1,0 +1,114 @@
+"""The training objective: reconstruction + β·KL, optionally perceptual and adversarial (the LDM recipe).
+
+Every term is returned on its own so that the loop can log it; ``total`` is what is minimised.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .train_config import TrainConfig
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) ‖ N(0, I)) per sample, summed over latent elements (as DiagonalGaussianDistribution.kl)."""
+    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over pixel values: MSE as in the course, or L1 as LDM trains its autoencoders."""
+    if kind == "mse":
+        return F.mse_loss(reconstruction, target)
+    if kind == "l1":
+        return F.l1_loss(reconstruction, target)
+    raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'mse' or 'l1'")
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix, as in LDM's autoencoder loss): one real/fake logit per overlapping patch."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64, layers: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        channels = width
+        for i in range(1, layers + 1):
+            out = width * min(2**i, 8)
+            stride = 2 if i < layers else 1
+            blocks += [nn.Conv2d(channels, out, 4, stride, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2)]
+            channels = out
+        blocks.append(nn.Conv2d(channels, 1, 4, 1, 1))
+        self.net = nn.Sequential(*blocks)
+        for module in self.modules():  # pix2pix initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+class VAELoss(nn.Module):
+    def __init__(self, config: TrainConfig, perceptual: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.perceptual = perceptual
+        self.discriminator = PatchDiscriminator() if config.disc_weight > 0 else None
+        if config.kl_reduction not in ("ldm", "course"):
+            raise ValueError(f"unknown kl_reduction {config.kl_reduction!r}; expected 'ldm' or 'course'")
+
+    def adversarial_active(self, step: int) -> bool:
+        return self.discriminator is not None and step >= self.config.disc_start
+
+    def generator_terms(
+        self,
+        images: torch.Tensor,
+        reconstruction: torch.Tensor,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        step: int,
+        last_layer: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        config = self.config
+        terms = {"reconstruction": reconstruction_loss(reconstruction, images, config.reconstruction)}
+        kl = kl_divergence(mean, logvar)
+        terms["kl"] = kl.mean()
+        if config.kl_reduction == "ldm":
+            weighted_kl = config.beta * kl.mean() / images[0].numel()
+        else:
+            weighted_kl = config.beta * kl.sum()
+        distortion = terms["reconstruction"]
+        if self.perceptual is not None and config.perceptual_weight > 0:
+            terms["perceptual"] = self.perceptual(reconstruction, images).mean()
+            distortion = distortion + config.perceptual_weight * terms["perceptual"]
+        total = distortion + weighted_kl
+        if self.adversarial_active(step):
+            fake_logits = self.discriminator(reconstruction)
+            terms["generator"] = -fake_logits.mean()
+            weight = self._adaptive_weight(distortion, terms["generator"], last_layer)
+            terms["adversarial_weight"] = weight
+            total = total + weight * terms["generator"]
+        terms["total"] = total
+        return terms
+
+    def _adaptive_weight(self, distortion: torch.Tensor, generator: torch.Tensor, last_layer: torch.Tensor | None) -> torch.Tensor:
+        """LDM balances the GAN term by the ratio of gradient norms at the decoder's last layer."""
+        if last_layer is None or not torch.is_grad_enabled():
+            return torch.tensor(self.config.disc_weight, device=generator.device)
+        distortion_grad = torch.autograd.grad(distortion, last_layer, retain_graph=True)[0]
+        generator_grad = torch.autograd.grad(generator, last_layer, retain_graph=True)[0]
+        weight = distortion_grad.norm() / (generator_grad.norm() + 1e-4)
+        return weight.clamp(0.0, 1e4).detach() * self.config.disc_weight
+
+    def discriminator_terms(self, images: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
+        real_logits = self.discriminator(images.detach())
+        fake_logits = self.discriminator(reconstruction.detach())
+        loss = hinge_discriminator_loss(real_logits, fake_logits)
+        return {"discriminator": loss, "logits_real": real_logits.mean().detach(), "logits_fake": fake_logits.mean().detach()}

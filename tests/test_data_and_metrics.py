@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from sd_custom_vae.data import (
+    RandomCrops,
+    builtin_photos,
+    evaluation_crops,
+    find_images,
+    load_image_data,
+    split_paths,
+    to_image,
+    to_tensor,
+)
+from sd_custom_vae.losses import kl_divergence
+from sd_custom_vae.metrics import psnr, ssim
+
+
+def write_image(path, size=(80, 60), seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def test_builtin_photos_ship_with_packages_and_validation_is_held_out():
+    train, val = builtin_photos()
+    assert len(train) >= 8 and len(val) >= 2
+    assert not {p.name for p in train} & {p.name for p in val}
+    assert all(p.exists() for p in train + val)
+
+
+def test_folder_search_is_recursive_and_split_is_stable(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for i, name in enumerate(["x.jpg", "a/y.png", "a/b/z.webp", "a/b/w.bmp", "notes.txt"]):
+        write_image(tmp_path / name, seed=i) if not name.endswith(".txt") else (tmp_path / name).write_text("hi")
+    paths = find_images(tmp_path)
+    assert [str(p.relative_to(tmp_path)) for p in paths] == ["a/b/w.bmp", "a/b/z.webp", "a/y.png", "x.jpg"]
+    train, val = split_paths(paths, tmp_path, val_fraction=0.1)
+    assert len(val) == 1 and set(train) | set(val) == set(paths)
+    assert split_paths(paths, tmp_path, 0.1) == (train, val)
+
+
+def test_tensors_are_in_minus_one_to_one_and_round_trip():
+    image = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5)
+    tensor = to_tensor(image)
+    assert tensor.shape == (3, 4, 4) and tensor.min() >= -1 and tensor.max() <= 1
+    assert np.array_equal(np.asarray(to_image(tensor)), np.asarray(image))
+
+
+def test_random_crops_are_a_pure_function_of_seed_and_index():
+    images = [Image.new("RGB", (50, 40), (i * 40, 0, 0)) for i in range(3)]
+    crops = RandomCrops([Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8))] + images, 16)
+    assert torch.equal(crops[7], crops[7])
+    assert crops[7].shape == (3, 16, 16)
+    assert not torch.equal(crops[7], crops[8])
+
+
+def test_evaluation_crops_show_every_photo_first():
+    images = [Image.new("RGB", (100, 80), (i * 60, 0, 0)) for i in range(3)]
+    crops = evaluation_crops(images, 32, per_image=2)
+    assert crops.shape == (6, 3, 32, 32)
+    assert [round(float(c[0, 0, 0]), 3) for c in crops[:3]] == [round(i * 60 / 127.5 - 1, 3) for i in range(3)]
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no images found"):
+        load_image_data(tmp_path, 32)
+
+
+def test_unreadable_files_are_skipped_with_a_count(tmp_path):
+    for i in range(4):
+        write_image(tmp_path / f"good{i}.png", seed=i)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning, match="skipped 2 file"):
+        data = load_image_data(tmp_path, 32)
+    assert data.report.loaded == 4 and data.report.skipped == 2
+
+
+def test_nothing_usable_is_an_error(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    (tmp_path / "broken2.jpg").write_bytes(b"nope")
+    with pytest.raises(ValueError, match=r"could be read as an image \(2 unreadable"):
+        load_image_data(tmp_path, 32)
+
+
+def test_small_images_are_upscaled_and_said(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"small{i}.png", size=(20, 30), seed=i)
+    with pytest.warns(UserWarning, match="upscaled 3 image"):
+        data = load_image_data(tmp_path, 32)
+    assert min(data.train[0].size) == 32 and data.val_crops.shape[-1] == 32
+
+
+def test_psnr_known_value():
+    target = torch.zeros(1, 3, 8, 8)  # 0.5 grey on the [0, 1] scale
+    reconstruction = target + 0.2  # 0.1 off on the [0, 1] scale: MSE 0.01 → 20 dB
+    assert psnr(reconstruction, target).item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_ssim_matches_scikit_image():
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 48, 40, generator=generator) * 2 - 1
+    noisy = (target + 0.3 * torch.randn(target.shape, generator=generator)).clamp(-1, 1)
+    ours = ssim(noisy, target)
+    for i in range(2):
+        reference = structural_similarity(
+            ((noisy[i] + 1) / 2).permute(1, 2, 0).numpy().astype(np.float64),
+            ((target[i] + 1) / 2).permute(1, 2, 0).numpy().astype(np.float64),
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=2,
+        )
+        assert ours[i].item() == pytest.approx(reference, abs=1e-5)
+    assert ssim(target, target).min().item() == pytest.approx(1.0)
+
+
+def test_kl_matches_diffusers_distribution():
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    moments = torch.randn(3, 8, 5, 5)
+    posterior = DiagonalGaussianDistribution(moments)
+    torch.testing.assert_close(kl_divergence(posterior.mean, posterior.logvar), posterior.kl())

@@ -1,0 +1,132 @@
+"""The training loop end to end on the built-in photos, at sizes that take seconds."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sd_custom_vae import CustomAutoencoderKL, run_files
+from sd_custom_vae.losses import VAELoss
+from sd_custom_vae.train_config import load_config
+from sd_custom_vae.training import TrainingDiverged, train
+
+FAST = dict(resolution=32, batch_size=4, learning_rate=1e-3, warmup_steps=2, eval_every=10, sample_every=10,
+            checkpoint_every=10)
+
+
+def test_tiny_preset_learns_and_writes_its_run_folder(tmp_path):
+    config = load_config("tiny", steps=30, output=str(tmp_path / "run"), **FAST)
+    result = train(config, progress=False)
+    run = result.output
+    reconstruction = [h["reconstruction"] for h in result.history]
+    assert sum(reconstruction[-5:]) < 0.7 * sum(reconstruction[:5])  # the loss fell
+    for name in (run_files.METRICS, run_files.RECONSTRUCTIONS, run_files.LOSS_CURVE, run_files.TRAIN_CONFIG,
+                 "samples/step-000010.png", "checkpoints/step-000030/model.safetensors"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / run_files.METRICS).read_text())
+    assert metrics["steps"] == 30 and metrics["psnr"] == pytest.approx(result.metrics["psnr"])
+    # the exported folder is ready for vae=
+    vae = CustomAutoencoderKL.from_pretrained(run / run_files.MODEL_DIR)
+    assert list(vae.config.block_out_channels) == list(config.model["block_out_channels"])
+    with torch.no_grad():
+        assert vae(torch.zeros(1, 3, 32, 32)).sample.shape == (1, 3, 32, 32)
+
+
+def test_first_validation_beats_untrained_reconstruction(tmp_path):
+    config = load_config("tiny", steps=40, output=str(tmp_path / "run"), **dict(FAST, eval_every=1, sample_every=40))
+    result = train(config, progress=False)
+    val = json.loads((result.output / run_files.CHECKPOINTS_DIR / "step-000040" / "state.json").read_text())["val_history"]
+    assert val[-1]["psnr"] > val[0]["psnr"] + 2  # dB
+
+
+def test_checkpoints_are_pruned_and_loadable(tmp_path):
+    config = load_config("tiny", steps=6, output=str(tmp_path / "run"), **dict(FAST, checkpoint_every=2, keep_checkpoints=2))
+    train(config, progress=False)
+    kept = sorted(p.name for p in (tmp_path / "run" / run_files.CHECKPOINTS_DIR).iterdir())
+    assert kept == ["step-000004", "step-000006"]  # and no leftover temporary folder
+    CustomAutoencoderKL.from_scratch_checkpoint(tmp_path / "run" / "checkpoints" / "step-000006" / "model.safetensors")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = VAELoss.generator_terms
+
+    def poisoned(self, images, reconstruction, mean, logvar, step, last_layer=None):
+        terms = real(self, images, reconstruction, mean, logvar, step, last_layer)
+        if step == 5:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(VAELoss, "generator_terms", poisoned)
+    config = load_config("tiny", steps=10, output=str(tmp_path / "run"), **dict(FAST, checkpoint_every=2))
+    with pytest.raises(TrainingDiverged, match=r"nan at step 5.*step-000004"):
+        train(config, progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "step-000004").exists()
+    assert not (tmp_path / "run" / "checkpoints" / "step-000006").exists()
+    assert not (tmp_path / "run" / run_files.MODEL_DIR).exists()
+
+
+def test_gan_and_course_objective_run(tmp_path):
+    config = load_config(
+        "tiny", steps=3, output=str(tmp_path / "run"),
+        **dict(FAST, disc_weight=0.5, disc_start=1, kl_reduction="course", beta=2.5e-4, reconstruction="l1",
+               ema_decay=0.9),
+    )
+    result = train(config, progress=False)
+    assert "discriminator" in result.history[-1] and "discriminator" not in result.history[0]
+    assert (tmp_path / "run" / "checkpoints" / "step-000003" / "discriminator.safetensors").exists()
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sd_custom_vae.cli", "train", "--no-progress", *args]
+
+
+FAST_FLAGS = ["--resolution", "32", "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "2",
+              "--eval-every", "100", "--sample-every", "100"]
+
+
+def test_kill_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same arithmetic in both runs
+    steps = ["--steps", "16", "--checkpoint-every", "4"]
+    subprocess.run(cli(*FAST_FLAGS, *steps, "--output", str(tmp_path / "straight")), check=True, env=env)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(cli(*FAST_FLAGS, *steps, "--output", str(interrupted)), env=env)
+    first = interrupted / "checkpoints" / "step-000004"
+    deadline = time.time() + 300
+    while not first.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (interrupted / run_files.MODEL_DIR).exists()
+
+    subprocess.run(cli("--resume", str(interrupted)), check=True, env=env)
+    expected = load_file(tmp_path / "straight" / "checkpoints" / "step-000016" / "model.safetensors")
+    resumed = load_file(interrupted / "checkpoints" / "step-000016" / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    straight_history = json.loads((tmp_path / "straight" / "checkpoints" / "step-000016" / "state.json").read_text())
+    resumed_history = json.loads((interrupted / "checkpoints" / "step-000016" / "state.json").read_text())
+    assert [h["total"] for h in straight_history["history"]] == [h["total"] for h in resumed_history["history"]]
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate_launch(tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sd_custom_vae.cli", "train", "--no-progress",
+        *FAST_FLAGS, "--steps", "4", "--checkpoint-every", "4", "--output", str(tmp_path / "run"),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / run_files.METRICS).read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 4
