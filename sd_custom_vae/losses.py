@@ -67,6 +67,26 @@ class VAELoss(nn.Module):
     def adversarial_active(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.config.disc_start
 
+    def image_terms(
+        self, images: torch.Tensor, reconstruction: torch.Tensor, step: int, last_layer: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Reconstruction, perceptual and adversarial terms; ``image_total`` is their weighted sum."""
+        config = self.config
+        terms = {"reconstruction": reconstruction_loss(reconstruction, images, config.reconstruction)}
+        distortion = terms["reconstruction"]
+        if self.perceptual is not None and config.perceptual_weight > 0:
+            terms["perceptual"] = self.perceptual(reconstruction, images).mean()
+            distortion = distortion + config.perceptual_weight * terms["perceptual"]
+        total = distortion
+        if self.adversarial_active(step):
+            fake_logits = self.discriminator(reconstruction)
+            terms["generator"] = -fake_logits.mean()
+            weight = self._adaptive_weight(distortion, terms["generator"], last_layer)
+            terms["adversarial_weight"] = weight
+            total = total + weight * terms["generator"]
+        terms["image_total"] = total
+        return terms
+
     def generator_terms(
         self,
         images: torch.Tensor,
@@ -76,26 +96,16 @@ class VAELoss(nn.Module):
         step: int,
         last_layer: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """The VAE objective: image terms + β·KL to N(0, I); ``total`` is what is minimised."""
         config = self.config
-        terms = {"reconstruction": reconstruction_loss(reconstruction, images, config.reconstruction)}
+        terms = self.image_terms(images, reconstruction, step, last_layer)
         kl = kl_divergence(mean, logvar)
         terms["kl"] = kl.mean()
         if config.kl_reduction == "ldm":
             weighted_kl = config.beta * kl.mean() / images[0].numel()
         else:
             weighted_kl = config.beta * kl.sum()
-        distortion = terms["reconstruction"]
-        if self.perceptual is not None and config.perceptual_weight > 0:
-            terms["perceptual"] = self.perceptual(reconstruction, images).mean()
-            distortion = distortion + config.perceptual_weight * terms["perceptual"]
-        total = distortion + weighted_kl
-        if self.adversarial_active(step):
-            fake_logits = self.discriminator(reconstruction)
-            terms["generator"] = -fake_logits.mean()
-            weight = self._adaptive_weight(distortion, terms["generator"], last_layer)
-            terms["adversarial_weight"] = weight
-            total = total + weight * terms["generator"]
-        terms["total"] = total
+        terms["total"] = terms["image_total"] + weighted_kl
         return terms
 
     def _adaptive_weight(self, distortion: torch.Tensor, generator: torch.Tensor, last_layer: torch.Tensor | None) -> torch.Tensor:

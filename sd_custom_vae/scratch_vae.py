@@ -66,8 +66,10 @@ class ScratchVAE(nn.Module):
         return self.decoder(z)
 
     def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
+        self, x: torch.Tensor, generator: torch.Generator | None = None, latents: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, mean, logvar). The reconstruction decodes a reparameterised sample of the
+        encoding, or `latents` when given (distillation decodes a teacher's latents)."""
         mean, logvar = self.encode(x)
-        z = reparameterize(mean, logvar, generator)
+        z = reparameterize(mean, logvar, generator) if latents is None else latents
         return self.decode(z), mean, logvar

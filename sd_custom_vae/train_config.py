@@ -17,7 +17,13 @@ import yaml
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
-    # -- the network (ScratchVAE keywords) --
+    # -- what is trained (see objectives.py) --
+    mode: str = "scratch"  # "scratch", "decoder-finetune" or "distill"
+    teacher: str | None = None  # any VAE checkpoint or folder: required by the teacher modes
+    decoder_init: str = "teacher"  # decoder-finetune starts from the teacher's decoder, or "scratch"
+    student_width: float = 0.25  # distill with no `model`: the teacher's levels at this fraction of its channels
+    latent_weight: float = 1.0  # distill: weight of matching the teacher's latents
+    # -- the network (ScratchVAE keywords; taken from the teacher in decoder-finetune) --
     model: dict = field(default_factory=dict)
     # -- data --
     data: str | None = None  # a folder of images; None: the built-in photos
@@ -81,6 +87,15 @@ PRESETS: dict[str, TrainConfig] = {
         sample_every=1000,
         eval_every=1000,
         checkpoint_every=1000,
+    ),
+    # A small fast student of any teacher (`--teacher PATH`): a quarter of its width, one block per level.
+    "student": TrainConfig(
+        preset="student",
+        mode="distill",
+        model={},
+        resolution=64,
+        steps=1000,
+        learning_rate=1e-3,
     ),
     # The full SD 1.x architecture, LDM's recipe: for GPUs.
     "sd": TrainConfig(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,10 +26,13 @@ import conversion
 
 from . import run_files
 from .autoencoder_kl import CustomAutoencoderKL
+from .calibrate import CALIBRATION_KEY, apply_calibration, calibrate
 from .data import RandomCrops, load_image_data
+from .evaluation import reconstruction_quality
 from .images import grid, save_loss_curve, save_png
 from .losses import VAELoss
-from .metrics import psnr, ssim
+from .objectives import make_objective
+from .perceptual import STLPIPS
 from .scratch_vae import ScratchVAE
 from .train_config import TrainConfig
 
@@ -59,22 +61,6 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     )
 
 
-@torch.no_grad()
-def evaluate(vae: ScratchVAE, crops: torch.Tensor, batch_size: int = 16) -> tuple[dict, torch.Tensor]:
-    """PSNR/SSIM of deterministic reconstructions (the posterior mean, as pipelines decode). Returns (metrics, images)."""
-    was_training = vae.training
-    vae.eval()
-    device = next(vae.parameters()).device
-    reconstructions = []
-    for chunk in crops.split(batch_size):
-        mean, _ = vae.encode(chunk.to(device))
-        reconstructions.append(vae.decode(mean).clamp(-1, 1).float().cpu())
-    vae.train(was_training)
-    reconstructions = torch.cat(reconstructions)
-    metrics = {"psnr": psnr(reconstructions, crops).mean().item(), "ssim": ssim(reconstructions, crops).mean().item()}
-    return metrics, reconstructions
-
-
 def _latest_checkpoint(run: Path) -> Path | None:
     checkpoints = sorted((run / run_files.CHECKPOINTS_DIR).glob("step-*"))
     return checkpoints[-1] if checkpoints else None
@@ -94,20 +80,25 @@ class Trainer:
         self.elapsed = 0.0
         self.last_checkpoint: Path | None = None
 
+        perceptual = STLPIPS().to(self.accelerator.device) if config.perceptual_weight > 0 else None
+        self.loss = VAELoss(config, perceptual)
+        self.objective = make_objective(config, self.loss, self.accelerator.device)
+        self.config = config = config.replace(model=self.objective.architecture())  # recorded as trained
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.vae = ScratchVAE(**config.model)
-        self.loss = VAELoss(config)
+        self.objective.prepare(self.vae)
         self.data = load_image_data(config.data, config.resolution, config.val_fraction, config.eval_crops_per_image)
         self.crops = RandomCrops(self.data.train, config.resolution, seed=config.seed)
 
+        trainable = [p for p in self.vae.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            self.vae.parameters(), lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay
+            trainable, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay
         )
         # stepped by hand once per optimizer step (accelerate would step it once per process)
         self.scheduler = get_scheduler(
             config.lr_schedule, self.optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
         )
-        self.ema = EMAModel(self.vae.parameters(), decay=config.ema_decay) if config.ema_decay > 0 else None
+        self.ema = EMAModel(trainable, decay=config.ema_decay) if config.ema_decay > 0 else None
         self.disc_optimizer = None
         if self.loss.discriminator is not None:
             self.disc_optimizer = torch.optim.AdamW(
@@ -153,17 +144,17 @@ class Trainer:
         for micro in range(config.gradient_accumulation):
             images = self._batch(self.step, micro)
             with a.accumulate(self.model):
+                if adversarial:
+                    self.loss.discriminator.requires_grad_(False)
                 with a.autocast():
-                    reconstruction, mean, logvar = self.model(images, generator=self._noise(self.step, micro))
-                    if adversarial:
-                        self.loss.discriminator.requires_grad_(False)
-                    terms = self.loss.generator_terms(
-                        images, reconstruction, mean, logvar, self.step, unwrapped.decoder.conv_out.weight
+                    output = self.objective.step(
+                        self.model, images, self.step, self._noise(self.step, micro), unwrapped.decoder.conv_out.weight
                     )
+                terms, reconstruction = output.terms, output.reconstruction
                 self._stop_if_not_finite(terms["total"])
                 a.backward(terms["total"])
                 if a.sync_gradients and config.grad_clip > 0:
-                    a.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+                    a.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], config.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             if adversarial:
@@ -178,7 +169,7 @@ class Trainer:
                 logged[name] = logged.get(name, 0.0) + float(torch.as_tensor(value).detach()) / config.gradient_accumulation
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.step(unwrapped.parameters())
+            self.ema.step([p for p in unwrapped.parameters() if p.requires_grad])
         self.step += 1
         return logged
 
@@ -198,19 +189,24 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         if self.ema is None:
             return fn(model)
-        self.ema.store(model.parameters())
-        self.ema.copy_to(model.parameters())
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.ema.store(trainable)
+        self.ema.copy_to(trainable)
         try:
             return fn(model)
         finally:
-            self.ema.restore(model.parameters())
+            self.ema.restore(trainable)
 
-    def _evaluate_and_draw(self, sample_path: Path | None) -> dict:
-        metrics, reconstructions = self._with_ema(lambda model: evaluate(model, self.data.val_crops))
+    def _validate(self, grid_path: Path | None = None, label: str = "") -> dict:
+        """Validation metrics (with EMA weights if any), logged; a grid of originals vs reconstructions if asked."""
+        def measure(model):
+            metrics, reconstructions = reconstruction_quality(model, self.data.val_crops)
+            return {**metrics, **self.objective.metrics(model, self.data.val_crops)}, reconstructions
+
+        metrics, reconstructions = self._with_ema(measure)
         self.val_history.append({"step": self.step, **metrics})
-        if sample_path is not None:
-            image = grid([self.data.val_crops, reconstructions], labels=["original", f"step {self.step}"])
-            save_png(image, sample_path)
+        if grid_path is not None:
+            save_png(grid([self.data.val_crops, reconstructions], labels=["original", label]), grid_path)
         return metrics
 
     def save_checkpoint(self) -> Path:
@@ -265,7 +261,14 @@ class Trainer:
     def export(self, metrics: dict) -> None:
         """The run's results: the model folder for `vae=`, metrics.json, the final grid and the loss curve."""
         config = self.config
-        model = self._with_ema(lambda m: CustomAutoencoderKL.from_scratch_vae(m))
+        latent_space = self.objective.latent_space()
+        record = latent_space.pop(CALIBRATION_KEY, None)
+        model = self._with_ema(lambda m: CustomAutoencoderKL.from_scratch_vae(m, **latent_space)).eval()
+        if self.objective.mode == "scratch":
+            # a new latent space: measure its scale as SD's 0.18215 was measured, so a pipeline can use it
+            apply_calibration(model, calibrate(model, config.data, resolution=config.resolution, crops=128))
+        elif record is not None:  # the student reproduces the teacher's latents: its calibration holds
+            model.register_to_config(**{CALIBRATION_KEY: record})
         target = self.output / run_files.MODEL_DIR
         staging = self.output / f".tmp-{run_files.MODEL_DIR}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -273,19 +276,21 @@ class Trainer:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         summary = {
-            "psnr": metrics["psnr"],
-            "ssim": metrics["ssim"],
+            **metrics,
             "steps": self.step,
             "data": self.data.description,
             "resolution": config.resolution,
             "preset": config.preset,
+            "mode": config.mode,
+            "teacher": config.teacher,
             "wall_time_s": round(self.elapsed, 1),
             "parameters": sum(p.numel() for p in model.parameters()),
+            "scaling_factor": model.config.scaling_factor,
             "val_crops": len(self.data.val_crops),
-            "mode": "scratch",
             "ema": self.ema is not None,
             "processes": self.accelerator.num_processes,
         }
+        summary.pop("step", None)
         conversion.write_json(summary, self.output / run_files.METRICS)
         save_loss_curve(self.history, self.val_history, self.output / run_files.LOSS_CURVE)
 
@@ -301,6 +306,8 @@ class Trainer:
             total=config.steps, initial=self.step, desc="train", unit="step",
             disable=not (self.progress and a.is_local_main_process),
         )
+        if a.is_main_process and not self.val_history:
+            self._validate()  # the starting point, so that every curve shows what training changed
         metrics = self.val_history[-1] if self.val_history else {}
         self.model.train()
         started = time.perf_counter() - self.elapsed
@@ -311,10 +318,14 @@ class Trainer:
             bar.update(1)
             postfix = {"loss": f"{terms['total']:.4f}", "rec": f"{terms['reconstruction']:.4f}"}
             last = self.step == config.steps
-            if a.is_main_process and (self.step % config.eval_every == 0 or self.step % config.sample_every == 0 or last):
-                sample = self.step % config.sample_every == 0 and not last
-                path = self.output / run_files.SAMPLES_DIR / f"step-{self.step:06d}.png" if sample else None
-                metrics = self._evaluate_and_draw(path)
+            sample = self.step % config.sample_every == 0
+            if a.is_main_process and (last or sample or self.step % config.eval_every == 0):
+                if last:
+                    metrics = self._validate(self.output / run_files.RECONSTRUCTIONS, "reconstruction")
+                elif sample:
+                    metrics = self._validate(self.output / run_files.SAMPLES_DIR / f"step-{self.step:06d}.png", f"step {self.step}")
+                else:
+                    metrics = self._validate()
             if metrics:
                 postfix["val_psnr"] = f"{metrics['psnr']:.2f}"
             bar.set_postfix(postfix)
@@ -322,11 +333,8 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         if a.is_main_process:
-            if not metrics or self.val_history[-1]["step"] != self.step:
-                metrics = self._evaluate_and_draw(None)
-            reconstructions = self._with_ema(lambda model: evaluate(model, self.data.val_crops))[1]
-            save_png(grid([self.data.val_crops, reconstructions], ["original", "reconstruction"]),
-                     self.output / run_files.RECONSTRUCTIONS)
+            if not self.val_history or self.val_history[-1]["step"] != self.step:  # resumed a finished run
+                metrics = self._validate(self.output / run_files.RECONSTRUCTIONS, "reconstruction")
             self.export(metrics)
         a.wait_for_everyone()
         shared = [metrics]

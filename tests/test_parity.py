@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from factories import CONFIGS, randomize_norms, stock_autoencoder_kl
 
-from sd_custom_vae import CustomAutoencoderKL
-from sd_custom_vae import network
+from sd_custom_vae import CustomAutoencoderKL, network
 
 TOLERANCE = 1e-5
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from factories import stock_autoencoder_kl, tiny_vae, TINY
+from factories import TINY, stock_autoencoder_kl, tiny_vae
 
 from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.tiling import decoder_stages, plan_segments

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sd_custom_vae import CustomAutoencoderKL, run_files
+from sd_custom_vae import CustomAutoencoderKL, perceptual, run_files
 from sd_custom_vae.losses import VAELoss
 from sd_custom_vae.train_config import load_config
 from sd_custom_vae.training import TrainingDiverged, train
@@ -43,6 +43,7 @@ def test_first_validation_beats_untrained_reconstruction(tmp_path):
     config = load_config("tiny", steps=40, output=str(tmp_path / "run"), **dict(FAST, eval_every=1, sample_every=40))
     result = train(config, progress=False)
     val = json.loads((result.output / run_files.CHECKPOINTS_DIR / "step-000040" / "state.json").read_text())["val_history"]
+    assert [v["step"] for v in val] == list(range(41))
     assert val[-1]["psnr"] > val[0]["psnr"] + 2  # dB
 
 
@@ -72,14 +73,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert not (tmp_path / "run" / run_files.MODEL_DIR).exists()
 
 
-def test_gan_and_course_objective_run(tmp_path):
+def test_ldm_recipe_runs_perceptual_gan_ema_and_course_objective(tmp_path):
+    """Every optional term at once, for a few steps: each is computed and logged on its own."""
     config = load_config(
         "tiny", steps=3, output=str(tmp_path / "run"),
         **dict(FAST, disc_weight=0.5, disc_start=1, kl_reduction="course", beta=2.5e-4, reconstruction="l1",
-               ema_decay=0.9),
+               ema_decay=0.9, perceptual_weight=1.0 if perceptual.available() else 0.0),
     )
     result = train(config, progress=False)
     assert "discriminator" in result.history[-1] and "discriminator" not in result.history[0]
+    assert "generator" in result.history[-1] and "kl" in result.history[0]
+    if perceptual.available():
+        assert result.history[0]["perceptual"] > 0
     assert (tmp_path / "run" / "checkpoints" / "step-000003" / "discriminator.safetensors").exists()
 
 
@@ -130,3 +135,65 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / run_files.METRICS).read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 4
+
+
+# -- teacher modes ---------------------------------------------------------------------------------
+
+SD_LIKE = dict(block_out_channels=(32, 32, 64, 64), layers_per_block=2, latent_channels=4, norm_num_groups=16)
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory):
+    """A randomly initialised teacher with SD's shape (4 levels, ×8, 4 latent channels), saved as users save VAEs."""
+    torch.manual_seed(0)
+    teacher = CustomAutoencoderKL(**SD_LIKE, scaling_factor=0.5, shift_factor=0.1)
+    folder = tmp_path_factory.mktemp("teacher")
+    teacher.save_pretrained(folder)
+    return folder
+
+
+def test_distillation_learns_the_teachers_latent_space(tmp_path, teacher_folder):
+    config = load_config(
+        "student", teacher=str(teacher_folder), steps=30, output=str(tmp_path / "run"), student_width=0.5,
+        **dict(FAST, eval_every=1000, sample_every=1000, checkpoint_every=1000),
+    )
+    result = train(config, progress=False)
+    first, last = result_history(result.output)[0], result_history(result.output)[-1]
+    assert (first["step"], last["step"]) == (0, 30)
+    assert last["latent_relative_error"] < 0.8 * first["latent_relative_error"]
+    assert last["teacher_latent_psnr"] > first["teacher_latent_psnr"] + 1
+    student = CustomAutoencoderKL.from_pretrained(result.output / run_files.MODEL_DIR)
+    assert student.config.scaling_factor == 0.5 and student.config.shift_factor == 0.1  # inherited
+    assert list(student.config.block_out_channels) == [16, 16, 32, 32]
+    metrics = json.loads((result.output / run_files.METRICS).read_text())
+    assert metrics["mode"] == "distill" and "latent_relative_error" in metrics and "teacher_psnr" in metrics
+
+
+def result_history(run: Path) -> list[dict]:
+    return json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())["val_history"]
+
+
+def test_decoder_finetune_keeps_the_teachers_encoder(tmp_path, teacher_folder):
+    config = load_config(
+        "tiny", mode="decoder-finetune", teacher=str(teacher_folder), steps=4, output=str(tmp_path / "run"),
+        **dict(FAST, eval_every=100, sample_every=100),
+    )
+    result = train(config, progress=False)
+    teacher = CustomAutoencoderKL.from_pretrained(teacher_folder)
+    tuned = CustomAutoencoderKL.from_pretrained(result.output / run_files.MODEL_DIR)
+    for key, tensor in teacher.state_dict().items():
+        same = torch.equal(tuned.state_dict()[key], tensor)
+        assert same if key.startswith(("encoder.", "quant_conv.")) else True, key
+    assert not torch.equal(tuned.decoder.conv_out.weight, teacher.decoder.conv_out.weight)
+    assert tuned.config.scaling_factor == 0.5
+
+
+def test_teacher_modes_refuse_bad_setups(tmp_path, teacher_folder):
+    with pytest.raises(ValueError, match="needs --teacher"):
+        train(load_config("tiny", mode="distill", output=str(tmp_path / "a"), **FAST), progress=False)
+    with pytest.raises(ValueError, match="student has 3 levels, the teacher 4"):
+        train(load_config("tiny", mode="distill", teacher=str(teacher_folder), output=str(tmp_path / "b"), **FAST),
+              progress=False)
+    with pytest.raises(FileNotFoundError, match="no such VAE"):
+        train(load_config("student", teacher=str(tmp_path / "missing"), output=str(tmp_path / "c"), **FAST),
+              progress=False)

@@ -1,0 +1,149 @@
+"""Latent-space calibration: the ``scaling_factor`` (and optionally ``shift_factor``) a diffusion model needs.
+
+A UNet is trained on latents of roughly unit variance. Stable Diffusion's 0.18215 is 1/std of its
+VAE's latents over real images; a VAE trained from scratch has its own spread, so its factor must
+be measured the same way: ``scaling_factor = 1 / std(z)`` over many crops, with ``z`` drawn by
+``latent_dist.sample()`` as pipelines draw them (img2img's ``retrieve_latents``). With a shift,
+``shift_factor = mean(z)`` and pipelines that apply it (SD3, Flux; not SD 1.x/2.x or SDXL) feed
+``(z - shift) * scale`` to their model; the std is centred either way, so the scale is the same.
+
+"Never calibrated" rule: a VAE counts as calibrated when its config carries the record
+``calibrate`` writes (``_calibration``), or when its ``scaling_factor`` was set away from the
+0.18215 default (published VAEs such as SDXL's 0.13025). A VAE still at the default with no
+record most likely inherited a number measured on someone else's encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import conversion
+
+from .data import BUILTIN, LoadReport, RandomCrops, builtin_photos, find_images, load_images
+
+DEFAULT_SCALING_FACTOR = 0.18215  # CustomAutoencoderKL's (and AutoencoderKL's) constructor default
+# Underscore: diffusers keeps such config keys through save_pretrained/from_pretrained without
+# passing them to __init__, and without warning about unexpected attributes.
+CALIBRATION_KEY = "_calibration"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``calibrate`` measured, and the config values it implies. Stored as the config's record."""
+
+    scaling_factor: float
+    shift_factor: float | None  # None unless a shift was asked for
+    latent_mean: float
+    latent_std: float
+    crops: int
+    resolution: int
+    data: str
+    seed: int
+    latents: str = "sample"  # how z was drawn from the posterior, as pipelines draw it
+
+
+def is_calibrated(config) -> bool:
+    """The rule in the module docstring, for a VAE's config (a model's ``.config`` or a dict)."""
+    return config.get(CALIBRATION_KEY) is not None or config.get("scaling_factor") != DEFAULT_SCALING_FACTOR
+
+
+def _load_all_images(data: str | Path | None, resolution: int) -> tuple[list, str]:
+    """Every readable image (no train/validation split: this measures the encoder, it trains nothing)."""
+    if data is None or str(data) == BUILTIN:
+        train, val = builtin_photos()
+        paths, description = train + val, "built-in photos"
+    else:
+        paths, description = find_images(data), str(data)
+        if not paths:
+            raise ValueError(f"{data}: no images found")
+    report = LoadReport()
+    images = load_images(paths, resolution, report)
+    if not images:
+        raise ValueError(f"{data}: none of the {len(paths)} files could be read as an image")
+    if report.skipped:
+        warnings.warn(f"{data}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=3)
+    return images, f"{description}: {len(images)} images"
+
+
+@torch.no_grad()
+def latent_statistics(vae, batches, generator: torch.Generator, total: int | None = None) -> tuple[float, float, int]:
+    """(mean, std, number of crops) of latent samples over every element of every batch of images in [-1, 1]."""
+    total_sum = total_squares = 0.0
+    elements = crops = 0
+    for batch in tqdm(batches, total=total, desc="encoding crops", unit="batch"):
+        posterior = vae.encode(batch.to(vae.device, vae.dtype)).latent_dist
+        z = posterior.sample(generator=generator).double()
+        total_sum += z.sum().item()
+        total_squares += z.square().sum().item()
+        elements += z.numel()
+        crops += batch.shape[0]
+    if crops == 0:
+        raise ValueError("no crops to calibrate on")
+    mean = total_sum / elements
+    # E[z²] - E[z]² in float64: exact enough unless the mean were ~1e6 times the std
+    std = max(total_squares / elements - mean**2, 0.0) ** 0.5
+    if not std > 0:
+        raise ValueError("the latents have zero spread: is the encoder untrained or broken?")
+    return mean, std, crops
+
+
+def calibrate(
+    vae,
+    data: str | Path | None,
+    resolution: int = 256,
+    crops: int = 256,
+    shift: bool = False,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Calibration:
+    """Measure `vae`'s latents on `crops` random crops of the images in `data` (None or "builtin": built-in photos).
+
+    `vae` is a ``CustomAutoencoderKL`` or a stock ``AutoencoderKL``: only ``encode`` is used.
+    """
+    if crops < 1 or batch_size < 1:
+        raise ValueError(f"crops and batch_size must be at least 1, got {crops} and {batch_size}")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if resolution % factor:
+        raise ValueError(f"resolution {resolution} must be a multiple of the VAE's downsampling factor {factor}")
+    images, description = _load_all_images(data, resolution)
+    dataset = RandomCrops(images, resolution, seed=seed, flip=False, length=crops)
+    batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    generator = torch.Generator(vae.device).manual_seed(seed)
+    mean, std, count = latent_statistics(vae, batches, generator, total=len(batches))
+    return Calibration(
+        scaling_factor=1.0 / std,
+        shift_factor=mean if shift else None,
+        latent_mean=mean,
+        latent_std=std,
+        crops=count,
+        resolution=resolution,
+        data=description,
+        seed=seed,
+    )
+
+
+def config_values(calibration: Calibration) -> dict:
+    """The config keys a calibration sets: the factors, and the record that marks the VAE calibrated."""
+    values = {"scaling_factor": calibration.scaling_factor, CALIBRATION_KEY: asdict(calibration)}
+    if calibration.shift_factor is not None:
+        values["shift_factor"] = calibration.shift_factor
+    return values
+
+
+def apply_calibration(vae, calibration: Calibration) -> None:
+    """Set the calibrated values on a loaded model; its ``save_pretrained`` then writes them."""
+    vae.register_to_config(**config_values(calibration))
+
+
+def write_calibration(folder: str | Path, calibration: Calibration) -> Path:
+    """Update a model folder's ``config.json`` in place, atomically; the weights are not rewritten."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    config.update(config_values(calibration))
+    return conversion.write_json(config, path)

@@ -1,0 +1,65 @@
+"""sd-custom-vae calibrate VAE --data DIR [--shift] [--crops N] [--resolution R] [--output FOLDER]"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="measure the VAE's latent scaling_factor (and shift_factor) on real images",
+        description="Encode random crops of real images, set scaling_factor = 1/std of the sampled latents "
+        "(how SD's 0.18215 was measured) and, with --shift, shift_factor = their mean, and record the "
+        "calibration in the VAE's config.json. A model folder is updated in place (config.json only, "
+        "atomically); a single checkpoint file needs --output.",
+    )
+    parser.add_argument("vae", help="VAE model folder (ours or AutoencoderKL) or checkpoint file")
+    parser.add_argument("--data", required=True, help='folder of images (searched recursively), or "builtin"')
+    parser.add_argument("--shift", action="store_true", help="also set shift_factor (SD3/Flux-style pipelines only)")
+    parser.add_argument("--crops", type=int, default=256, help="random crops to encode (default 256)")
+    parser.add_argument("--resolution", type=int, default=256, help="crop side in pixels (default 256)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="crops and latent samples are drawn from this seed")
+    parser.add_argument("--output", default=None, help="save the calibrated model as this folder instead")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import conversion
+
+    from ..calibrate import apply_calibration, calibrate, write_calibration
+    from ..loading import load_vae
+
+    source = Path(args.vae)
+    in_place = args.output is None
+    if not source.exists():
+        raise FileNotFoundError(f"no such VAE file or folder: {source}")
+    if in_place and not (source / "config.json").is_file():
+        raise ValueError(f"{source} has no config.json to update (a single checkpoint file?); pass --output FOLDER")
+    target = source / "config.json" if in_place else Path(args.output)
+    conversion.check_writable(target)  # before the encoding work
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae = load_vae(source, torch.float32).to(device)
+    previous = vae.config.scaling_factor
+    result = calibrate(
+        vae, args.data, resolution=args.resolution, crops=args.crops, shift=args.shift, batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    if in_place:
+        write_calibration(source, result)
+    else:
+        apply_calibration(vae, result)
+        vae.save_pretrained(target)
+    shift = f", shift_factor {result.shift_factor:.6g}" if result.shift_factor is not None else ""
+    print(
+        f"scaling_factor {previous:.6g} → {result.scaling_factor:.6g}{shift} "
+        f"(latents: mean {result.latent_mean:.4g}, std {result.latent_std:.4g} over {result.crops} "
+        f"{result.resolution}px crops of {result.data}); wrote {target}"
+    )
+    return 0
