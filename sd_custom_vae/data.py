@@ -92,6 +92,15 @@ class LoadReport:
     upscaled: int = 0  # smaller than the crop
 
 
+def _at_least(image: Image.Image, side: int) -> Image.Image:
+    """Upscale (bicubic) so that the shorter side is at least `side`."""
+    short = min(image.size)
+    if short >= side:
+        return image
+    scale = side / short
+    return image.resize((max(side, round(image.width * scale)), max(side, round(image.height * scale))), Image.BICUBIC)
+
+
 def load_images(paths: list[Path], resolution: int, report: LoadReport | None = None) -> list[Image.Image]:
     """Decode to RGB, skipping unreadable files and upscaling images smaller than the crop."""
     report = report if report is not None else LoadReport()
@@ -104,11 +113,8 @@ def load_images(paths: list[Path], resolution: int, report: LoadReport | None = 
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             report.skipped += 1
             continue
-        short = min(image.size)
-        if short < resolution:
-            scale = resolution / short
-            size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-            image = image.resize(size, Image.BICUBIC)
+        if min(image.size) < resolution:
+            image = _at_least(image, resolution)
             report.upscaled += 1
         images.append(image)
         report.loaded += 1
@@ -184,9 +190,17 @@ class ImageData:
 
 
 def load_image_data(
-    data: str | Path | None, resolution: int, val_fraction: float = 0.1, eval_crops_per_image: int = 4
+    data: str | Path | None,
+    resolution: int,
+    val_fraction: float = 0.1,
+    eval_crops_per_image: int = 4,
+    eval_resolution: int | None = None,
 ) -> ImageData:
-    """`data` is a folder of images (searched recursively) or None/"builtin" for the built-in photos."""
+    """`data` is a folder of images (searched recursively) or None/"builtin" for the built-in photos.
+
+    Training crops are `resolution` pixels; validation crops `eval_resolution` (default: the same).
+    """
+    eval_resolution = eval_resolution or resolution
     report = LoadReport()
     if data is None or str(data) == BUILTIN:
         train_paths, val_paths = builtin_photos()
@@ -199,7 +213,7 @@ def load_image_data(
         train_paths, val_paths = split_paths(paths, root, val_fraction)
         description = f"{root} ({len(train_paths)} train, {len(val_paths)} validation)"
     train = load_images(train_paths, resolution, report)
-    val = load_images(val_paths, resolution, report)
+    val = load_images(val_paths, max(resolution, eval_resolution), report)
     if not train:
         raise ValueError(
             f"{data}: none of the {len(train_paths)} training files could be read as an image "
@@ -208,9 +222,9 @@ def load_image_data(
     if not val:  # every held-out file was unreadable: hold one readable training image out instead
         if len(train) < 2:
             raise ValueError(f"{data}: need at least two readable images (one to train on, one to validate)")
-        val = [train.pop()]
+        val = [_at_least(train.pop(), eval_resolution)]
     if report.skipped:
         warnings.warn(f"{data}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=2)
     if report.upscaled:
         warnings.warn(f"{data}: upscaled {report.upscaled} image(s) smaller than the {resolution}px crop", stacklevel=2)
-    return ImageData(train, evaluation_crops(val, resolution, eval_crops_per_image), description, report)
+    return ImageData(train, evaluation_crops(val, eval_resolution, eval_crops_per_image), description, report)

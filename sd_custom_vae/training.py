@@ -87,7 +87,9 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.vae = ScratchVAE(**config.model)
         self.objective.prepare(self.vae)
-        self.data = load_image_data(config.data, config.resolution, config.val_fraction, config.eval_crops_per_image)
+        self.data = load_image_data(
+            config.data, config.resolution, config.val_fraction, config.eval_crops_per_image, config.eval_resolution
+        )
         self.crops = RandomCrops(self.data.train, config.resolution, seed=config.seed)
 
         trainable = [p for p in self.vae.parameters() if p.requires_grad]
@@ -266,7 +268,8 @@ class Trainer:
         model = self._with_ema(lambda m: CustomAutoencoderKL.from_scratch_vae(m, **latent_space)).eval()
         if self.objective.mode == "scratch":
             # a new latent space: measure its scale as SD's 0.18215 was measured, so a pipeline can use it
-            apply_calibration(model, calibrate(model, config.data, resolution=config.resolution, crops=128))
+            resolution = config.eval_resolution or config.resolution
+            apply_calibration(model, calibrate(model, config.data, resolution=resolution, crops=128))
         elif record is not None:  # the student reproduces the teacher's latents: its calibration holds
             model.register_to_config(**{CALIBRATION_KEY: record})
         target = self.output / run_files.MODEL_DIR

@@ -8,7 +8,8 @@ from pathlib import Path
 
 # flag → TrainConfig field; each flag overrides the preset or config file only when given
 OVERRIDES = {
-    "data": str, "output": str, "steps": int, "resolution": int, "batch_size": int, "beta": float,
+    "data": str, "output": str, "steps": int, "resolution": int, "eval_resolution": int, "batch_size": int,
+    "beta": float,
     "learning_rate": float, "warmup_steps": int, "gradient_accumulation": int, "ema_decay": float,
     "mixed_precision": str, "seed": int, "reconstruction": str, "kl_reduction": str,
     "perceptual_weight": float, "disc_weight": float, "disc_start": int,
@@ -27,7 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data", help="folder of images (searched recursively); default: the built-in photos")
     parser.add_argument("--output", help="run folder; default runs/<preset>-<timestamp>")
     parser.add_argument("--steps", type=int, help="optimizer steps")
-    parser.add_argument("--resolution", type=int, help="crop side in pixels")
+    parser.add_argument("--resolution", type=int, help="training crop side in pixels")
+    parser.add_argument("--eval-resolution", type=int, help="validation crop side in pixels (default: --resolution)")
     parser.add_argument("--batch-size", type=int, help="images per process per micro-step")
     parser.add_argument("--beta", type=float, help="KL weight (1e-6 is LDM's; see --kl-reduction)")
     parser.add_argument("--kl-reduction", choices=["ldm", "course"], help="how the KL term is scaled (see docs)")
