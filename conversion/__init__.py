@@ -13,10 +13,21 @@ from .convert import (
     to_scratch,
 )
 from .detect import Detection, detect_scheme
-from .formats import atomic_path, check_writable, read_checkpoint, write_json, write_model_folder, write_safetensors
+from .formats import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_path,
+    check_writable,
+    read_checkpoint,
+    write_json,
+    write_model_folder,
+    write_safetensors,
+)
 from .schemes import SCHEMES, Slot, expected_shapes
 
 __all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
     "ARCHITECTURE_KEYS",
     "CONFIG_KEYS",
     "SCHEMES",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .configs import ARCHITECTURE_KEYS, from_diffusers_config, to_diffusers_config
+from .configs import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from .detect import Detection, _first, detect_scheme
 from .formats import check_writable, read_checkpoint, write_model_folder, write_safetensors
 from .schemes import SCRATCH, adapt_tensor, expected_shapes, format_slot, get_scheme
@@ -35,10 +35,10 @@ class VAECheckpoint:
 def _checked_detection(state_dict: dict[str, torch.Tensor], config: dict | None, source: str) -> tuple[Detection, dict]:
     """Detect the scheme and architecture and check the tensors are exactly one complete VAE of it.
 
-    `config` (our keys), when given, must agree with the architecture the shapes describe; its
-    other keys (scaling_factor, ...) are kept in the returned config.
+    `config`, when given, must agree with the architecture the shapes describe; its latent-space
+    keys (scaling_factor, ...) are kept in the returned config, anything else (``_name_or_path``...) dropped.
     """
-    config = dict(config or {})
+    config = {key: value for key, value in (config or {}).items() if key in CONFIG_KEYS}
     detection = detect_scheme(state_dict, config.get("norm_num_groups"))
     for key in ARCHITECTURE_KEYS:
         stored = config.get(key)

@@ -214,6 +214,34 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
         model.load_state_dict(conversion.convert_state_dict(self.state_dict(), "diffusers", dict(self.config)))
         return _cast(model, self.dtype).to(self.device)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        subfolder: str | None = None,
+        *,
+        format: str = "diffusers",
+        metrics: dict | None = None,
+        reconstructions: str | os.PathLike | None = None,
+    ) -> str:
+        """Upload as a complete model repo: a stock ``AutoencoderKL`` folder (loadable without this package)
+        and/or an LDM single file (`format` "ldm" or "both"), and a model card with `metrics` (a run's
+        ``metrics.json``) and the `reconstructions` grid. Returns the commit URL."""
+        if not safe_serialization or variant is not None or subfolder is not None:
+            raise ValueError("push_to_hub writes one safetensors repo at its root: no pickle, variant or subfolder")
+        from .hub import push_vae  # hub imports this module
+
+        result = push_vae(
+            self, repo_id, format=format, private=private, token=token, commit_message=commit_message,
+            create_pr=create_pr, metrics=metrics, reconstructions=reconstructions,
+        )
+        return result.commit_url
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CustomAutoencoderKL":
         """Load a folder or Hub repo saved by ``save_pretrained``; a stock ``AutoencoderKL`` one is converted."""

@@ -9,7 +9,7 @@ import sys
 from .. import __version__
 
 # In the order `--help` lists them. Each module defines register(subparsers) and sets a handler.
-COMMANDS = ["train", "convert", "generate", "calibrate", "eval"]
+COMMANDS = ["train", "convert", "generate", "calibrate", "eval", "push"]
 
 
 def build_parser() -> argparse.ArgumentParser:

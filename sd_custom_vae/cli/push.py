@@ -1,0 +1,48 @@
+"""sd-custom-vae push RUN_OR_MODEL_DIR REPO_ID [--private] [--format diffusers|ldm|both] [--token TOKEN]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="upload a trained VAE to the Hugging Face Hub with a model card",
+        description="Upload a training run (its model, metrics and reconstruction grid) or a model folder to "
+        "the Hub as a stock diffusers AutoencoderKL repo and/or an LDM single file, with a generated model "
+        "card. The token comes from --token, HF_TOKEN or `hf auth login`, and is never printed or saved.",
+    )
+    parser.add_argument("source", metavar="RUN_OR_MODEL_DIR", help="run folder, model folder or checkpoint file")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="user-or-org/name on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
+    parser.add_argument("--format", choices=["diffusers", "ldm", "both"], default="diffusers",
+                        help="diffusers folder, LDM single file for A1111/ComfyUI, or both (default diffusers)")
+    parser.add_argument("--token", default=None, help="Hub token (prefer HF_TOKEN or `hf auth login`)")
+    parser.add_argument("--license", default="apache-2.0", help="license in the model card (default apache-2.0)")
+    parser.add_argument("--commit-message", default=None)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..hub import HubAuthError, push_run
+
+    try:
+        result = push_run(
+            args.source, args.repo_id, format=args.format, private=args.private or None, token=args.token,
+            commit_message=args.commit_message, license=args.license,
+        )
+    except HubAuthError as error:
+        print(f"sd-custom-vae push: error: {error}", file=sys.stderr)
+        return 2
+    except HfHubHTTPError as error:
+        # staging happens in a temporary folder and a commit is all or nothing: rerunning is always safe
+        print(f"sd-custom-vae push: error: the upload failed: {error}", file=sys.stderr)
+        print("sd-custom-vae push: your local files are unchanged; run the same command again to retry "
+              "(files already on the Hub are skipped)", file=sys.stderr)
+        return 1
+    print(result)
+    return 0
