@@ -35,10 +35,13 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Without autograd nothing needs the intermediates: SiLU and the residual sum can overwrite
-        # fresh tensors in place. Same arithmetic, one large activation fewer at a time.
+        # fresh tensors in place. One statement per step, so each intermediate is freed as soon as
+        # the next exists: at most the input and two activations are alive at once.
         inplace = not torch.is_grad_enabled()
-        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
-        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
+        h = F.silu(self.norm1(x), inplace=inplace)
+        h = self.conv1(h)
+        h = F.silu(self.norm2(h), inplace=inplace)
+        h = self.conv2(h)
         return h.add_(self.shortcut(x)) if inplace else self.shortcut(x) + h
 
 
@@ -77,14 +80,47 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour ×2 followed by a 3×3 conv (no transposed conv, so no checkerboard)."""
+    """Nearest-neighbour ×2 followed by a 3×3 conv (no transposed conv, so no checkerboard).
+
+    Computed without building the ×2 image. In conv(upsample(x)) each output pixel sees only two
+    distinct rows and two distinct columns of x, so each of the four output phases (even/odd row ×
+    even/odd column) is a 2×2 conv of x whose taps are sums of the 3×3 kernel's. The same function
+    with 4/9 of the multiply-adds and no intermediate four times the input's size; it differs from
+    the literal form by float rounding only (~1e-7 relative).
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
+    def phase_kernels(self) -> list[list[torch.Tensor]]:
+        """kernels[a][b]: the 2×2 kernel producing output rows 2i+a, columns 2j+b from x[i-1+a : i+1+a, j-1+b : j+1+b]."""
+        w = self.conv.weight
+
+        def merge(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+            first, middle, last = w.unbind(dim)
+            return torch.stack([first, middle + last], dim), torch.stack([first + middle, last], dim)
+
+        return [list(merge(rows, 3)) for rows in merge(w, 2)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        batch, _, height, width = x.shape
+        padded = F.pad(x, (1, 1, 1, 1))
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        # written phase by phase into the interleaved layout, in the input's memory format
+        shape = (batch, height, 2, width, 2, self.conv.out_channels) if channels_last else (
+            batch, self.conv.out_channels, height, 2, width, 2)
+        out = x.new_empty(shape)
+        for a, row in enumerate(self.phase_kernels()):
+            for b, kernel in enumerate(row):
+                phase = F.conv2d(padded[:, :, a : a + height + 1, b : b + width + 1], kernel, self.conv.bias)
+                if channels_last:
+                    out[:, :, a, :, b] = phase.permute(0, 2, 3, 1)
+                else:
+                    out[:, :, :, a, :, b] = phase
+        if channels_last:
+            return out.view(batch, 2 * height, 2 * width, -1).permute(0, 3, 1, 2)
+        return out.view(batch, -1, 2 * height, 2 * width)
 
 
 class MidBlock(nn.Module):

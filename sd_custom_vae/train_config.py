@@ -79,7 +79,7 @@ PRESETS: dict[str, TrainConfig] = {
         model=dict(block_out_channels=(32, 64, 128), layers_per_block=1, latent_channels=4, norm_num_groups=16),
         resolution=32,
         eval_resolution=64,
-        steps=2400,
+        steps=2800,
         batch_size=8,
         learning_rate=2e-3,
         sample_every=400,

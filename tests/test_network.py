@@ -1,9 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from factories import TINY, tiny_vae
 
 from sd_custom_vae import CustomAutoencoderKL, ScratchVAE, reparameterize
-from sd_custom_vae.network import AttentionBlock, ResidualBlock
+from sd_custom_vae.network import AttentionBlock, ResidualBlock, Upsample
 
 
 def test_scratch_vae_forward_returns_reconstruction_mean_logvar():
@@ -55,6 +56,22 @@ def test_attention_is_single_head_softmax_over_positions():
     weights = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, dim=-1)
     expected = x + block.out(weights @ v).transpose(1, 2).reshape(1, 8, 3, 5)
     torch.testing.assert_close(block(x), expected)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_upsample_phases_equal_nearest_then_conv_values_and_gradients(memory_format):
+    torch.manual_seed(0)
+    upsample = Upsample(8)
+    x = torch.randn(2, 8, 5, 7).contiguous(memory_format=memory_format).requires_grad_()
+    literal = upsample.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    got = upsample(x)
+    assert got.shape == (2, 8, 10, 14) and got.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(got, literal, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(literal)
+    expected_grads = torch.autograd.grad((literal * weights).sum(), [x, upsample.conv.weight, upsample.conv.bias])
+    grads = torch.autograd.grad((got * weights).sum(), [x, upsample.conv.weight, upsample.conv.bias])
+    for expected, actual in zip(expected_grads, grads):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
 
 
 def test_residual_block_uses_a_shortcut_conv_only_when_channels_change():
