@@ -51,6 +51,12 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def check_format(format: str) -> str:
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
+    return format
+
+
 def resolve_token(token: str | None = None) -> str:
     token = token or get_token()  # HF_TOKEN, then the token `hf auth login` stored
     if not token:
@@ -71,8 +77,7 @@ def stage_repo(
     license: str = "apache-2.0",
 ) -> list[str]:
     """Write everything the repo should hold into `folder`; returns the repo paths written."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
+    check_format(format)
     config = dict(vae.config)
     checkpoint = conversion.to_scratch(vae.state_dict(), config, source=type(vae).__name__)
     written = []
@@ -112,8 +117,7 @@ def push_vae(
 ) -> PushResult:
     """Create `repo_id` if needed and upload `vae` with its model card in one commit."""
     check_repo_id(repo_id)
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
+    check_format(format)
     token = resolve_token(token)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id

@@ -36,9 +36,15 @@ class StepOutput:
 
 
 def student_architecture(teacher: dict, width: float) -> dict:
-    """The teacher's depth and latent shape at `width` times its channels (each a multiple of the group count)."""
+    """The teacher's depth and latent shape at `width` times its channels (at least 16, each a multiple of the
+    group count), one residual block per level."""
+    narrow = [max(16, round(c * width)) for c in teacher["block_out_channels"]]
+    # At least four channels per GroupNorm group, as SD has (128 channels in 32 groups): with one channel per
+    # group GroupNorm is InstanceNorm, which erases every channel's mean, i.e. the image's overall colour.
     groups = min(teacher["norm_num_groups"], 16)
-    channels = tuple(max(groups, round(c * width / groups) * groups) for c in teacher["block_out_channels"])
+    while groups > 1 and min(narrow) < 4 * groups:
+        groups //= 2
+    channels = tuple(max(groups, round(c / groups) * groups) for c in narrow)
     return dict(
         in_channels=teacher["in_channels"], out_channels=teacher["out_channels"], block_out_channels=channels,
         layers_per_block=1, latent_channels=teacher["latent_channels"], norm_num_groups=groups,

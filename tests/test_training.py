@@ -197,3 +197,17 @@ def test_teacher_modes_refuse_bad_setups(tmp_path, teacher_folder):
     with pytest.raises(FileNotFoundError, match="no such VAE"):
         train(load_config("student", teacher=str(tmp_path / "missing"), output=str(tmp_path / "c"), **FAST),
               progress=False)
+
+
+def test_train_command_takes_the_teacher_flags():
+    from sd_custom_vae.cli import build_parser
+    from sd_custom_vae.cli.train import resolve_config
+
+    args = build_parser().parse_args(
+        ["train", "--config", "student", "--teacher", "sd-vae", "--student-width", "0.5", "--latent-weight", "2"]
+    )
+    config = resolve_config(args)
+    assert (config.mode, config.teacher, config.student_width, config.latent_weight) == ("distill", "sd-vae", 0.5, 2.0)
+    args = build_parser().parse_args(["train", "--mode", "decoder-finetune", "--teacher", "t", "--decoder-init", "scratch"])
+    config = resolve_config(args)
+    assert (config.preset, config.mode, config.decoder_init) == ("tiny", "decoder-finetune", "scratch")

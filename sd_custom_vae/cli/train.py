@@ -14,6 +14,7 @@ OVERRIDES = {
     "mixed_precision": str, "seed": int, "reconstruction": str, "kl_reduction": str,
     "perceptual_weight": float, "disc_weight": float, "disc_start": int,
     "sample_every": int, "eval_every": int, "checkpoint_every": int, "keep_checkpoints": int,
+    "mode": str, "teacher": str, "decoder_init": str, "student_width": float, "latent_weight": float,
 }
 
 
@@ -24,7 +25,9 @@ def register(subparsers) -> None:
         description="Train a ScratchVAE and export a CustomAutoencoderKL folder ready for vae=. "
         "With no arguments it trains the tiny preset on photos that installed packages ship, in minutes on a CPU.",
     )
-    parser.add_argument("--config", default=None, help="preset (tiny, small, sd) or a YAML/JSON file of TrainConfig fields")
+    parser.add_argument(
+        "--config", default=None, help="preset (tiny, small, student, sd) or a YAML/JSON file of TrainConfig fields"
+    )
     parser.add_argument("--data", help="folder of images (searched recursively); default: the built-in photos")
     parser.add_argument("--output", help="run folder; default runs/<preset>-<timestamp>")
     parser.add_argument("--steps", type=int, help="optimizer steps")
@@ -42,6 +45,13 @@ def register(subparsers) -> None:
     parser.add_argument("--perceptual-weight", type=float, help="ST-LPIPS weight (0 = off)")
     parser.add_argument("--disc-weight", type=float, help="PatchGAN weight (0 = off)")
     parser.add_argument("--disc-start", type=int, help="step at which the discriminator starts")
+    parser.add_argument("--mode", choices=["scratch", "decoder-finetune", "distill"],
+                        help="scratch (default), or train against --teacher so a pretrained UNet understands the latents")
+    parser.add_argument("--teacher", help="the VAE whose latent space to keep (any checkpoint or folder convert reads)")
+    parser.add_argument("--decoder-init", choices=["teacher", "scratch"],
+                        help="decoder-finetune: start from the teacher's decoder (default) or from scratch")
+    parser.add_argument("--student-width", type=float, help="distill: student channels as a fraction of the teacher's")
+    parser.add_argument("--latent-weight", type=float, help="distill: weight of matching the teacher's latents")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--sample-every", type=int, help="save a reconstruction grid every N steps")
     parser.add_argument("--eval-every", type=int, help="validation PSNR/SSIM every N steps")
