@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results" / "distill_quality.json"
+from results_file import append_row
 
 
 def sd_custom_vae(*args: str) -> float:
@@ -81,9 +81,7 @@ def main() -> None:
         f"\nstudent decode speed-up         {row['decode_speedup']:.1f}×   (target ≥ 5×); encode {row['encode_speedup']:.1f}×"
         f"\nstudent training                {row['student_train_s'] / 60:.1f} min on {row['cpus']} CPUs"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.write_text(json.dumps(history + [row], indent=2) + "\n")
+    append_row("distill_quality.json", row)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results" / "train_quality.json"
+from results_file import append_row
 
 
 def main() -> None:
@@ -57,9 +57,7 @@ def main() -> None:
         f"on {row['cpus']} CPUs\n"
         f"run folder: {output}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.write_text(json.dumps(history + [row], indent=2) + "\n")
+    append_row("train_quality.json", row)
 
 
 if __name__ == "__main__":

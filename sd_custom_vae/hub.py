@@ -57,6 +57,13 @@ def check_format(format: str) -> str:
     return format
 
 
+def check_push(repo_id: str, format: str, token: str | None) -> str:
+    """Everything a push can be refused for before any weights are read or requests sent; returns the token."""
+    check_repo_id(repo_id)
+    check_format(format)
+    return resolve_token(token)
+
+
 def resolve_token(token: str | None = None) -> str:
     token = token or get_token()  # HF_TOKEN, then the token `hf auth login` stored
     if not token:
@@ -116,10 +123,7 @@ def push_vae(
     license: str = "apache-2.0",
 ) -> PushResult:
     """Create `repo_id` if needed and upload `vae` with its model card in one commit."""
-    check_repo_id(repo_id)
-    check_format(format)
-    token = resolve_token(token)
-    api = HfApi(token=token)
+    api = HfApi(token=check_push(repo_id, format, token))
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory(prefix="sd-custom-vae-push-") as tmp:
         files = stage_repo(vae, Path(tmp), repo_id, format, metrics, reconstructions, license)
@@ -145,8 +149,7 @@ def push_run(source: str | os.PathLike, repo_id: str, **kwargs) -> PushResult:
             f"{path}: neither a training run (no {run_files.MODEL_DIR}/{conversion.CONFIG_NAME}) "
             f"nor a model folder (no {conversion.CONFIG_NAME})"
         )
-    check_repo_id(repo_id)
-    resolve_token(kwargs.get("token"))  # fail before loading weights
+    kwargs["token"] = check_push(repo_id, kwargs.get("format", "diffusers"), kwargs.get("token"))
     metrics = None
     if run is not None and (run / run_files.METRICS).is_file():
         metrics = json.loads((run / run_files.METRICS).read_text())

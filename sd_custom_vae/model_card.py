@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .calibrate import is_calibrated
+
 # metrics.json key -> (model-index metric type, name shown on the Hub)
 CARD_METRICS = {
     "psnr": ("psnr", "PSNR (dB)"),
@@ -134,7 +136,7 @@ def build_model_card(
             sections.append("\n".join(table))
         if reconstructions:
             sections.append(f"![originals (top) and reconstructions (bottom)]({reconstructions})")
-    if config.get("scaling_factor") == 0.18215 and metrics.get("mode") in (None, "scratch"):
+    if not is_calibrated(config) and metrics.get("mode") in (None, "scratch"):
         sections.append(
             "> `scaling_factor` is SD's default, not measured on this VAE's latents: run "
             "`sd-custom-vae calibrate` before using it with a diffusion model."

@@ -105,22 +105,23 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
+        channels = self.conv.out_channels
         padded = F.pad(x, (1, 1, 1, 1))
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        # written phase by phase into the interleaved layout, in the input's memory format
-        shape = (batch, height, 2, width, 2, self.conv.out_channels) if channels_last else (
-            batch, self.conv.out_channels, height, 2, width, 2)
-        out = x.new_empty(shape)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty(
+            batch, channels, 2 * height, 2 * width, dtype=x.dtype, device=x.device, memory_format=memory_format
+        )
+        # (batch, channels, row, row phase, column, column phase) views of `out`, in either memory layout
+        if channels_last:
+            phases = out.permute(0, 2, 3, 1).view(batch, height, 2, width, 2, channels).permute(0, 5, 1, 2, 3, 4)
+        else:
+            phases = out.view(batch, channels, height, 2, width, 2)
         for a, row in enumerate(self.phase_kernels()):
             for b, kernel in enumerate(row):
-                phase = F.conv2d(padded[:, :, a : a + height + 1, b : b + width + 1], kernel, self.conv.bias)
-                if channels_last:
-                    out[:, :, a, :, b] = phase.permute(0, 2, 3, 1)
-                else:
-                    out[:, :, :, a, :, b] = phase
-        if channels_last:
-            return out.view(batch, 2 * height, 2 * width, -1).permute(0, 3, 1, 2)
-        return out.view(batch, -1, 2 * height, 2 * width)
+                window = padded[:, :, a : a + height + 1, b : b + width + 1]
+                phases[:, :, :, a, :, b] = F.conv2d(window, kernel, self.conv.bias)
+        return out
 
 
 class MidBlock(nn.Module):
