@@ -17,23 +17,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from measure import peak_rss_mb, reset_peak_rss, run_child
 
-# Memory children hand every block of 128 KiB or more straight back to the kernel when it is freed (glibc
-# otherwise keeps freed blocks of up to 32 MiB in its heap): the peak then measures the tensors alive at
-# once, the same way for both models, rather than how fragmented the heap happened to get.
-CHILD_ENV = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", HF_HUB_OFFLINE="1")
 SD = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512)  # SD 1.x
 
 
@@ -88,23 +81,6 @@ def count_gflop(model, op: str, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _status_mb(field: str) -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
-
-
-def reset_peak_rss() -> float:
-    """Reset the process's peak-RSS mark (Linux: VmHWM) so the next reading covers only what follows,
-    not the model load before it. Returns the current RSS, the baseline for that reading."""
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float:
-    return _status_mb("VmHWM")
-
-
 def memory_child(kind: str, weights: str, op: str, size: int, batch: int) -> None:
     """In a fresh process: peak RSS after loading, then after one run of the case (JSON on stdout)."""
     model = build(kind, Path(weights))
@@ -115,9 +91,7 @@ def memory_child(kind: str, weights: str, op: str, size: int, batch: int) -> Non
 
 
 def measure_memory(kind: str, weights: Path, op: str, size: int, batch: int) -> dict:
-    command = [sys.executable, __file__, "--memory-child", kind, str(weights), op, str(size), str(batch)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True, env=CHILD_ENV)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_child(__file__, "--memory-child", kind, weights, op, size, batch)
 
 
 def time_pair(ours, theirs, op: str, x: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -224,9 +198,7 @@ def tiled_report(size: int) -> dict:
     results = {}
     for kind, mode in (("ours", "tiled"), ("diffusers", "tiled"), ("ours", "untiled"), ("diffusers", "untiled")):
         out = folder / f"{kind}-{mode}.pt"
-        command = [sys.executable, __file__, "--tiled-child", kind, str(folder), str(size), mode, str(out)]
-        completed = subprocess.run(command, capture_output=True, text=True, check=True, env=CHILD_ENV)
-        results[f"{kind} {mode}"] = json.loads(completed.stdout.strip().splitlines()[-1])
+        results[f"{kind} {mode}"] = run_child(__file__, "--tiled-child", kind, folder, size, mode, out)
         print(f"{kind} {mode}: {results[f'{kind} {mode}']}", flush=True)
     reference = torch.load(folder / "ours-untiled.pt", weights_only=True)
     for name in ("ours tiled", "diffusers tiled", "diffusers untiled"):

@@ -1,14 +1,25 @@
 """State-dict key maps between our names, diffusers ``AutoencoderKL`` and the original LDM files,
 and checkpoint files in and out. The only place in the project that knows foreign key names."""
 
-from .configs import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
+from .configs import (
+    ARCHITECTURE_KEYS,
+    CONFIG_KEYS,
+    DIFFUSERS_DOWN_BLOCK,
+    DIFFUSERS_UP_BLOCK,
+    LATENT_SPACE_KEYS,
+    from_diffusers_config,
+    to_diffusers_config,
+    validate_config,
+)
 from .convert import (
     TARGETS,
     ConversionSummary,
     VAECheckpoint,
     convert_checkpoint,
     convert_state_dict,
+    key_scheme,
     load_checkpoint,
+    rename_to_scratch,
     save_checkpoint,
     to_scratch,
 )
@@ -30,6 +41,9 @@ __all__ = [
     "WEIGHTS_NAME",
     "ARCHITECTURE_KEYS",
     "CONFIG_KEYS",
+    "DIFFUSERS_DOWN_BLOCK",
+    "DIFFUSERS_UP_BLOCK",
+    "LATENT_SPACE_KEYS",
     "SCHEMES",
     "TARGETS",
     "ConversionSummary",
@@ -42,12 +56,15 @@ __all__ = [
     "convert_state_dict",
     "detect_scheme",
     "expected_shapes",
+    "key_scheme",
     "from_diffusers_config",
     "load_checkpoint",
     "read_checkpoint",
+    "rename_to_scratch",
     "save_checkpoint",
     "to_diffusers_config",
     "to_scratch",
+    "validate_config",
     "write_json",
     "write_model_folder",
     "write_safetensors",

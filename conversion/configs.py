@@ -1,6 +1,14 @@
-"""Our config keys ⇄ a diffusers ``AutoencoderKL`` ``config.json``."""
+"""A VAE's config: every key, its type and range, checked in one place; ours ⇄ a diffusers ``config.json``.
+
+Our config keys are ``AutoencoderKL``'s, less the three that only name what diffusers builds
+(``down_block_types``, ``up_block_types``, ``act_fn``): for the network we build they can take one
+value each, which ``check_diffusers_only_keys`` enforces and ``to_diffusers_config`` writes back.
+"""
 
 from __future__ import annotations
+
+import math
+from numbers import Real
 
 ARCHITECTURE_KEYS = (
     "in_channels",
@@ -21,6 +29,93 @@ CONFIG_KEYS = ARCHITECTURE_KEYS + LATENT_SPACE_KEYS
 DIFFUSERS_DOWN_BLOCK = "DownEncoderBlock2D"
 DIFFUSERS_UP_BLOCK = "UpDecoderBlock2D"
 DIFFUSERS_ACTIVATION = "silu"
+DIFFUSERS_ONLY_KEYS = {"down_block_types": DIFFUSERS_DOWN_BLOCK, "up_block_types": DIFFUSERS_UP_BLOCK}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(key: str, value) -> None:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"config {key} must be a positive integer, got {value!r}")
+
+
+def _flag(key: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"config {key} must be true or false, got {value!r}")
+
+
+def _reals(key: str, value, length: int, positive: bool = False) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or len(value) != length or not all(_is_real(v) for v in value):
+        raise ValueError(f"config {key} must be null or a list of {length} finite numbers (one per latent channel), got {value!r}")
+    if positive and not all(v > 0 for v in value):
+        raise ValueError(f"config {key} must hold positive numbers (standard deviations), got {value!r}")
+
+
+def validate_config(config: dict) -> None:
+    """Raise ``ValueError`` naming the key, the value and what is expected, for every key present.
+
+    Types are strict (``"0.18"`` is not a number, ``1`` is not ``true``): a config file that says
+    otherwise was written by something else and should be looked at, not silently coerced.
+    """
+    for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
+        if key in config:
+            _positive_int(key, config[key])
+    for key in ("mid_block_add_attention", "use_quant_conv", "use_post_quant_conv", "force_upcast"):
+        if key in config:
+            _flag(key, config[key])
+    if "block_out_channels" in config:
+        channels = config["block_out_channels"]
+        groups = config.get("norm_num_groups", 32)
+        if not isinstance(channels, (list, tuple)) or not channels:
+            raise ValueError(f"config block_out_channels must list at least one level, got {channels!r}")
+        for value in channels:
+            if not _is_int(value) or value < 1 or value % groups:
+                raise ValueError(
+                    f"config block_out_channels entry {value!r} (in {tuple(channels)}) is not a positive "
+                    f"multiple of norm_num_groups={groups}: GroupNorm splits channels into that many groups"
+                )
+    if "sample_size" in config:
+        size = config["sample_size"]
+        sizes = size if isinstance(size, (list, tuple)) else [size]
+        if not sizes or len(sizes) > 2 or not all(_is_int(s) and s > 0 for s in sizes):
+            raise ValueError(f"config sample_size must be a positive integer (or [height, width]), got {size!r}")
+    if "scaling_factor" in config:
+        value = config["scaling_factor"]
+        if not _is_real(value) or value <= 0:
+            raise ValueError(f"config scaling_factor must be a positive finite number, got {value!r}")
+    if config.get("shift_factor") is not None and not _is_real(config["shift_factor"]):
+        raise ValueError(f"config shift_factor must be null or a finite number, got {config['shift_factor']!r}")
+    latent_channels = config.get("latent_channels", 4)
+    _reals("latents_mean", config.get("latents_mean"), latent_channels)
+    _reals("latents_std", config.get("latents_std"), latent_channels, positive=True)
+    check_diffusers_only_keys(config, len(config.get("block_out_channels") or ()) or None)
+
+
+def check_diffusers_only_keys(config: dict, levels: int | None) -> None:
+    """``down_block_types``/``up_block_types``/``act_fn``, when given, must describe the network we build."""
+    for key, supported in DIFFUSERS_ONLY_KEYS.items():
+        if config.get(key) is None:
+            continue
+        value = config[key]
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError(f"config {key} must be a list of block type names, got {value!r}")
+        unsupported = sorted({t for t in value if t != supported}, key=str)
+        if unsupported:
+            raise ValueError(f"config {key} has {unsupported}; the supported value is {supported!r} for every level")
+        if levels is not None and len(value) != levels:
+            raise ValueError(
+                f"config {key} lists {len(value)} level(s) but block_out_channels has {levels}: give one per level"
+            )
+    if config.get("act_fn", DIFFUSERS_ACTIVATION) != DIFFUSERS_ACTIVATION:
+        raise ValueError(f"config act_fn is {config['act_fn']!r}; the supported value is {DIFFUSERS_ACTIVATION!r}")
 
 
 def _diffusers_version() -> str:
@@ -33,14 +128,11 @@ def _diffusers_version() -> str:
 
 
 def from_diffusers_config(config: dict) -> dict:
-    """Read a diffusers AutoencoderKL (or our own) ``config.json`` into our config keys."""
-    for key, allowed in (("down_block_types", DIFFUSERS_DOWN_BLOCK), ("up_block_types", DIFFUSERS_UP_BLOCK)):
-        unsupported = [t for t in config.get(key, ()) if t != allowed]
-        if unsupported:
-            raise ValueError(f"config {key} has {unsupported}; only {allowed} levels are supported")
-    if config.get("act_fn", DIFFUSERS_ACTIVATION) != DIFFUSERS_ACTIVATION:
-        raise ValueError(f"config act_fn is {config['act_fn']!r}; only {DIFFUSERS_ACTIVATION!r} is supported")
+    """Read a diffusers AutoencoderKL (or our own) ``config.json`` into our config keys, validated."""
+    levels = len(config["block_out_channels"]) if isinstance(config.get("block_out_channels"), (list, tuple)) else None
+    check_diffusers_only_keys(config, levels)
     ours = {key: config[key] for key in CONFIG_KEYS if key in config}
+    validate_config(ours)
     if "block_out_channels" in ours:
         ours["block_out_channels"] = tuple(ours["block_out_channels"])
     return ours

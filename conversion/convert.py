@@ -11,7 +11,7 @@ import torch
 from .configs import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from .detect import Detection, _first, detect_scheme
 from .formats import check_writable, read_checkpoint, write_model_folder, write_safetensors
-from .schemes import SCRATCH, adapt_tensor, expected_shapes, format_slot, get_scheme
+from .schemes import SCHEMES, SCRATCH, adapt_tensor, count_levels, expected_shapes, format_slot, get_scheme, parse_keys
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TARGETS = ("diffusers", "ldm", "scratch")
@@ -84,6 +84,29 @@ def to_scratch(
     """Any scheme → a validated checkpoint under our names."""
     detection, config = _checked_detection(state_dict, config, source)
     return VAECheckpoint(_rename(detection, SCRATCH.name, config), config, detection.scheme, source, detection.ignored)
+
+
+def key_scheme(keys) -> str:
+    """The scheme that spells the most of `keys` (keys all schemes share, such as conv_in, tie: ours wins)."""
+    keys = list(keys)
+    return max(SCHEMES, key=lambda name: len(parse_keys(keys, name)[0]))
+
+
+def rename_to_scratch(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of another scheme renamed to ours, leniently, for a loader that checks the result itself.
+
+    Unlike ``to_scratch`` nothing is validated: keys that parse in no scheme are kept as they are,
+    so that the loader reports them as unexpected (and the ones it lacks as missing). Returns
+    `state_dict` itself when it already uses our names.
+    """
+    scheme = key_scheme(state_dict)
+    if scheme == SCRATCH.name:
+        return state_dict
+    slots, unknown = parse_keys(state_dict, scheme)
+    num_levels = count_levels(slots.values())
+    renamed = {format_slot(slot, SCRATCH, num_levels): adapt_tensor(slot, state_dict[key], SCRATCH) for key, slot in slots.items()}
+    renamed.update({key: state_dict[key] for key in unknown})
+    return renamed
 
 
 def convert_state_dict(

@@ -1,8 +1,11 @@
-"""CustomAutoencoderKL: our network behind the interface diffusers pipelines call on ``pipe.vae``.
+"""CustomAutoencoderKL: our network behind the interface diffusers and its users touch on a VAE.
 
-It holds the same modules as ``ScratchVAE`` under the same names, so the two share state dicts.
-Everything a pipeline reads (``encode(x).latent_dist``, ``decode(z).sample``, ``config.scaling_factor``,
-slicing, tiling, ``save_pretrained``/``from_pretrained``) behaves as it does on ``AutoencoderKL``.
+It holds the same modules as ``ScratchVAE`` under the same names (``VAEModules``), so the two
+share state dicts. Everything a pipeline reads (``encode(x).latent_dist``, ``decode(z).sample``,
+``config.scaling_factor``, slicing, tiling) and what diffusers does to any model (the whole stock
+``AutoencoderKL`` config, ``from_pretrained``/``save_pretrained`` with their keyword arguments,
+offloading and casting hooks, gradient checkpointing, attention processors, PEFT adapters)
+behaves as it does on ``AutoencoderKL``.
 """
 
 from __future__ import annotations
@@ -11,43 +14,51 @@ import os
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
-from torch import nn
 
 import conversion
 
 from . import tiling
-from .network import Decoder, Encoder, check_input, validate_config
+from .network import AttentionBlockProcessor, NearestUpsampleConv2d, VAEModules, check_input
 from .scratch_vae import ScratchVAE
 
 
-def _cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     # ModelMixin.to(dtype) logs a warning on every cast, even a no-op one; skip the no-ops.
     return model if next(model.parameters()).dtype == dtype else model.to(dtype)
 
 
-class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
+class CustomAutoencoderKL(ModelMixin, AttentionMixin, AutoencoderMixin, ConfigMixin, PeftAdapterMixin, VAEModules):
     r"""A KL-regularised VAE, written from scratch, that drops into any Stable Diffusion pipeline as ``vae=``.
 
-    Parameters match ``diffusers.AutoencoderKL`` where they mean the same thing, with the same defaults:
-    the same config and weights give the same numbers. ``scaling_factor`` (and ``shift_factor``, or
+    The constructor takes every ``diffusers.AutoencoderKL`` argument, in the same order and with the
+    same meaning: the same config and weights give the same numbers. ``down_block_types``,
+    ``up_block_types`` and ``act_fn`` name what diffusers builds; only the SD VAE's own values
+    (``DownEncoderBlock2D``, ``UpDecoderBlock2D``, ``silu``) describe this network, and ``None``
+    means one of those per level. ``scaling_factor`` (and ``shift_factor``, or
     ``latents_mean``/``latents_std``) tell pipelines how to scale latents for their UNet;
     ``force_upcast`` tells them to run this VAE in float32 when the rest of the pipeline is float16.
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True
     _no_split_modules = ["ResidualBlock", "AttentionBlock"]
+    _group_offload_block_modules = ["quant_conv", "post_quant_conv", "encoder", "decoder"]
 
     @register_to_config
     def __init__(
         self,
         in_channels: int = 3,
         out_channels: int = 3,
+        down_block_types: tuple[str, ...] | None = None,
+        up_block_types: tuple[str, ...] | None = None,
         block_out_channels: tuple[int, ...] = (64,),
         layers_per_block: int = 1,
+        act_fn: str = "silu",
         latent_channels: int = 4,
         norm_num_groups: int = 32,
         sample_size: int = 32,
@@ -61,26 +72,34 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
         mid_block_add_attention: bool = True,
     ):
         super().__init__()
-        block_out_channels = tuple(block_out_channels)
-        validate_config(
-            in_channels, out_channels, block_out_channels, layers_per_block, latent_channels, norm_num_groups
+        architecture = dict(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            block_out_channels=tuple(block_out_channels) if isinstance(block_out_channels, list) else block_out_channels,
+            layers_per_block=layers_per_block,
+            latent_channels=latent_channels,
+            norm_num_groups=norm_num_groups,
+            mid_block_add_attention=mid_block_add_attention,
+            use_quant_conv=use_quant_conv,
+            use_post_quant_conv=use_post_quant_conv,
         )
-        self.encoder = Encoder(
-            in_channels, block_out_channels, layers_per_block, latent_channels, norm_num_groups, mid_block_add_attention
+        conversion.validate_config(
+            dict(
+                architecture, down_block_types=down_block_types, up_block_types=up_block_types, act_fn=act_fn,
+                sample_size=sample_size, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                latents_mean=latents_mean, latents_std=latents_std, force_upcast=force_upcast,
+            )
         )
-        self.decoder = Decoder(
-            latent_channels, block_out_channels, layers_per_block, out_channels, norm_num_groups, mid_block_add_attention
+        self.build_network(**architecture)
+        # A saved config names every level, as a stock AutoencoderKL's does.
+        levels = len(block_out_channels)
+        self.register_to_config(
+            down_block_types=[conversion.DIFFUSERS_DOWN_BLOCK] * levels, up_block_types=[conversion.DIFFUSERS_UP_BLOCK] * levels
         )
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
 
         self.use_slicing = False
         self.use_tiling = False
         self.tiling = tiling.TilingConfig()
-
-    @property
-    def downsampling_factor(self) -> int:
-        return 2 ** (len(self.config.block_out_channels) - 1)
 
     def enable_tiling(self, tile_size: int | None = None, max_buffer_bytes: int | None = None) -> None:
         """Encode and decode large images tile by tile, at bounded memory and without seams.
@@ -91,6 +110,49 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
         """
         self.tiling = self.tiling.with_overrides(tile_size, max_buffer_bytes)
         self.use_tiling = True
+
+    def set_default_attn_processor(self) -> None:
+        """Back to this VAE's own attention computation (``AttentionBlockProcessor``) in every attention block."""
+        self.set_attn_processor(AttentionBlockProcessor())
+
+    # -- PEFT -----------------------------------------------------------------------------------
+
+    def add_adapter(self, adapter_config, adapter_name: str = "default") -> None:
+        super().add_adapter(adapter_config, adapter_name)
+        self._adapt_upsample_lora()
+
+    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, prefix="transformer", hotswap: bool = False, **kwargs):
+        result = super().load_lora_adapter(pretrained_model_name_or_path_or_dict, prefix=prefix, hotswap=hotswap, **kwargs)
+        self._adapt_upsample_lora()
+        return result
+
+    def _adapt_upsample_lora(self) -> None:
+        """PEFT builds a conv's LoRA pair with the base conv's class. Around an upsampling conv the first
+        (A, on the block's input) must upsample as the base does; the second (B, a 1×1 conv of A's already
+        enlarged output) must not: it becomes a plain ``Conv2d`` with the same weights."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, layer in self.named_modules():
+            if not isinstance(layer, LoraLayer) or not isinstance(layer.get_base_layer(), NearestUpsampleConv2d):
+                continue
+            for adapter, conv in layer.lora_B.items():
+                if layer.use_dora.get(adapter):
+                    raise ValueError(f"DoRA is not supported on the upsampling conv {name}: leave it out of target_modules")
+                if type(conv) is NearestUpsampleConv2d:
+                    plain = torch.nn.Conv2d(
+                        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, groups=conv.groups,
+                        bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
+                    )
+                    plain.load_state_dict(conv.state_dict())
+                    plain.requires_grad_(conv.weight.requires_grad)
+                    layer.lora_B[adapter] = plain
+
+    def _check_dtype(self, x: torch.Tensor, what: str) -> None:
+        if x.dtype != self.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{what} is {x.dtype} but the VAE computes in {self.dtype}: convert it with .to({self.dtype}) "
+                "(or the VAE with .to(dtype))"
+            )
 
     # -- encode ---------------------------------------------------------------------------------
 
@@ -104,6 +166,8 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
         """Images in [-1, 1], shape (batch, channels, height, width) → the latent distribution."""
+        check_input(x, self.config.in_channels, self.downsampling_factor, "image")
+        self._check_dtype(x, "image")
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(one) for one in x.split(1)])
         else:
@@ -114,7 +178,6 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
     # -- decode ---------------------------------------------------------------------------------
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        check_input(z, self.config.latent_channels, 1, "latents")
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         if self.use_tiling and max(z.shape[-2:]) * self.downsampling_factor > self.tiling.tile_size:
@@ -129,6 +192,8 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
 
         `generator` is accepted for interface parity with ``AutoencoderKL``; decoding is deterministic.
         """
+        check_input(z, self.config.latent_channels, 1, "latents")
+        self._check_dtype(z, "latents")
         if self.use_slicing and z.shape[0] > 1:
             sample = torch.cat([self._decode(one) for one in z.split(1)])
         else:
@@ -147,7 +212,56 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
         decoded = self.decode(z).sample
         return DecoderOutput(sample=decoded) if return_dict else (decoded,)
 
-    # -- other faces of the same weights --------------------------------------------------------
+    # -- loading --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CustomAutoencoderKL":
+        """``ModelMixin.from_pretrained`` with all its keyword arguments, on a folder or Hub repo of ours or of a
+        stock ``AutoencoderKL`` (its weights are renamed on load, see ``_load_pretrained_model``).
+
+        A folder of another kind of model, or one that leaves any weight out, is an error naming what is wrong:
+        diffusers would otherwise return a model with those weights left on the meta device.
+        """
+        config = cls.load_config(
+            pretrained_model_name_or_path,
+            **{k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "token", "local_files_only", "proxies",
+                                      "force_download") if k in kwargs},
+        )
+        class_name = config.get("_class_name")
+        if class_name not in (None, cls.__name__, "AutoencoderKL"):
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: holds a {class_name}, not a VAE "
+                f"(AutoencoderKL or {cls.__name__}); for a pipeline folder pass subfolder='vae'"
+            )
+        output_loading_info = kwargs.get("output_loading_info", False)
+        result = super().from_pretrained(pretrained_model_name_or_path, **{**kwargs, "output_loading_info": True})
+        model, info = result
+        missing = sorted(info["missing_keys"])
+        if missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: {len(missing)} weight(s) missing from the checkpoint: "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; the file is incomplete or for another model"
+            )
+        return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _load_pretrained_model(
+        cls, model, state_dict, resolved_model_file, pretrained_model_name_or_path, loaded_keys, *args, **kwargs
+    ):
+        """Where ``from_pretrained`` reads the checkpoint: a stock ``AutoencoderKL`` (or LDM) one, sharded or not,
+        is renamed to our names first. Everything else (dtype, device map, missing-key report) is diffusers'."""
+        if conversion.key_scheme(loaded_keys) != "scratch":
+            if state_dict is None:  # sharded: read every shard here (a VAE is small enough to hold at once)
+                from diffusers.models.model_loading_utils import load_state_dict
+
+                state_dict = {}
+                for shard in resolved_model_file:
+                    state_dict.update(load_state_dict(shard))
+            state_dict = conversion.rename_to_scratch(state_dict)
+            loaded_keys = list(state_dict)
+        return super()._load_pretrained_model(
+            model, state_dict, resolved_model_file, pretrained_model_name_or_path, loaded_keys, *args, **kwargs
+        )
 
     @classmethod
     def from_checkpoint(cls, checkpoint: conversion.VAECheckpoint, **config_overrides) -> "CustomAutoencoderKL":
@@ -160,15 +274,40 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
 
     @classmethod
     def from_single_file(
-        cls, path: str | os.PathLike, config: dict | None = None, torch_dtype: torch.dtype | None = None, **overrides
+        cls,
+        pretrained_model_link_or_path_or_dict: str | os.PathLike | dict,
+        config: dict | str | os.PathLike | None = None,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **kwargs,
     ) -> "CustomAutoencoderKL":
-        """Load any supported checkpoint: an LDM/A1111/ComfyUI VAE file, a whole SD checkpoint, a diffusers
-        folder or a file of ours (``.safetensors``, or a pickle read with ``weights_only=True``).
+        """Load a single checkpoint: an LDM/A1111/ComfyUI VAE file, a whole SD checkpoint, a file of ours
+        (``.safetensors``, or a pickle read with ``weights_only=True``), a diffusers folder, a state dict,
+        or a file on the Hub (``https://huggingface.co/ORG/NAME/blob/main/FILE`` or ``ORG/NAME/FILE``).
 
-        The architecture is read from the tensor shapes; `config` or keyword `overrides` supply what
-        weights cannot tell, such as ``scaling_factor=0.13025`` for an SDXL VAE.
+        The architecture is read from the tensor shapes. `config` supplies what weights cannot tell: a
+        dict of config values, or (as in diffusers) a model folder or Hub repo id, with `subfolder`,
+        whose ``config.json`` is used. Other keyword arguments: config overrides such as
+        ``scaling_factor=0.13025`` for an SDXL VAE or ``norm_num_groups``, and Hub options
+        (``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``force_download``).
         """
-        model = cls.from_checkpoint(conversion.load_checkpoint(path, config), **overrides)
+        from .sources import HUB_OPTIONS, resolve_file
+
+        hub_options = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs}
+        if isinstance(config, (str, os.PathLike)):
+            config = dict(cls.load_config(config, subfolder=subfolder, **hub_options))
+        config = conversion.from_diffusers_config(config) if config else {}
+        overrides = {k: v for k, v in kwargs.items() if k in conversion.CONFIG_KEYS}
+        unknown = sorted(set(kwargs) - set(overrides))
+        if unknown:
+            raise TypeError(f"from_single_file got unexpected keyword argument(s): {', '.join(unknown)}")
+        source = pretrained_model_link_or_path_or_dict
+        if isinstance(source, dict):
+            checkpoint = conversion.to_scratch(source, {**config, **overrides})
+        else:
+            path = resolve_file(source, **hub_options)
+            checkpoint = conversion.load_checkpoint(path, {**config, **overrides})
+        model = cls.from_checkpoint(checkpoint, **overrides)
         return model if torch_dtype is None else _cast(model, torch_dtype)
 
     @classmethod
@@ -180,6 +319,8 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
                 f"{path}: holds {checkpoint.scheme} key names, not a ScratchVAE state dict; use from_single_file"
             )
         return cls.from_checkpoint(checkpoint, **overrides)
+
+    # -- other faces of the same weights --------------------------------------------------------
 
     @classmethod
     def from_scratch_vae(cls, vae: ScratchVAE, **latent_space_config) -> "CustomAutoencoderKL":
@@ -198,9 +339,7 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
     def from_autoencoder_kl(cls, model_or_path, **kwargs) -> "CustomAutoencoderKL":
         """Same weights as a stock ``diffusers.AutoencoderKL`` (a model, a local folder or a Hub id)."""
         if isinstance(model_or_path, (str, os.PathLike)):
-            from diffusers import AutoencoderKL
-
-            model_or_path = AutoencoderKL.from_pretrained(model_or_path, **kwargs)
+            return cls.from_pretrained(model_or_path, **kwargs)
         config = conversion.from_diffusers_config(dict(model_or_path.config))
         checkpoint = conversion.to_scratch(model_or_path.state_dict(), config, source=type(model_or_path).__name__)
         return cls.from_checkpoint(checkpoint)
@@ -241,12 +380,3 @@ class CustomAutoencoderKL(ModelMixin, AutoencoderMixin, ConfigMixin):
             create_pr=create_pr, metrics=metrics, reconstructions=reconstructions,
         )
         return result.commit_url
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CustomAutoencoderKL":
-        """Load a folder or Hub repo saved by ``save_pretrained``; a stock ``AutoencoderKL`` one is converted."""
-        config = cls.load_config(pretrained_model_name_or_path, **kwargs)
-        if config.get("_class_name") == "AutoencoderKL":
-            model = cls.from_autoencoder_kl(pretrained_model_name_or_path, **kwargs)
-            return model
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -4,12 +4,19 @@ The encoder turns an image into the mean and log-variance of a diagonal Gaussian
 the decoder turns latents back into an image. Layer order, padding and GroupNorm epsilon follow
 the original LDM autoencoder, so that with the same weights this network computes the same
 function as diffusers' ``AutoencoderKL``.
+
+Each of Encoder and Decoder is a flat sequence of *stages* (``stages()``): ``forward`` runs them in
+order, and exact tiling (``tiling.py``) walks the same list. Every parameter is used by calling the
+module that owns it, so hooks that move, cast or trace weights around a module's forward (CPU and
+group offload, layerwise casting, PEFT, ONNX export) see all of them.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
 from torch import nn
 
 # LDM's GroupNorm epsilon. torch's default (1e-5) gives visibly different numbers on the same weights.
@@ -18,8 +25,30 @@ GROUP_NORM_EPS = 1e-6
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
-def group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
+def downsampling_factor(block_out_channels) -> int:
+    """Image side / latent side: every level but the last halves the resolution."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` whose statistics can be supplied from outside.
+
+    Exact tiling normalises each tile with statistics of the whole image; it sets ``statistics`` to an
+    object that computes the normalisation instead (see ``tiling.py``). Keeping this in the class's
+    own ``forward`` (rather than replacing ``forward`` on the instance) leaves hooks that wrap the
+    instance's forward (offloading, casting) in place.
+    """
+
+    statistics = None  # set per instance by tiling while it runs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.statistics is not None:
+            return self.statistics.normalize(self, x)
+        return super().forward(x)
+
+
+def group_norm(channels: int, groups: int) -> GroupNorm:
+    return GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
 
 
 class ResidualBlock(nn.Module):
@@ -31,22 +60,79 @@ class ResidualBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = group_norm(out_channels, groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        # like diffusers' conv_shortcut: no module at all when the channels stay (nothing for PEFT to match)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Without autograd nothing needs the intermediates: SiLU and the residual sum can overwrite
-        # fresh tensors in place. One statement per step, so each intermediate is freed as soon as
-        # the next exists: at most the input and two activations are alive at once.
+        return self.finish(x, self.start(x))
+
+    # Two halves, each opening with its GroupNorm: exact tiling runs them one at a time (see tiling.py).
+    # Without autograd nothing needs the intermediates: SiLU and the residual sum can overwrite fresh
+    # tensors in place. One statement per step, so each intermediate is freed as soon as the next
+    # exists: at most the input and two activations are alive at once.
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        """GroupNorm → SiLU → conv1."""
+        return self.conv1(F.silu(self.norm1(x), inplace=not torch.is_grad_enabled()))
+
+    def finish(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """GroupNorm → SiLU → conv2 of the first half's output `h`, plus the shortcut of the block's input `x`."""
         inplace = not torch.is_grad_enabled()
-        h = F.silu(self.norm1(x), inplace=inplace)
-        h = self.conv1(h)
-        h = F.silu(self.norm2(h), inplace=inplace)
-        h = self.conv2(h)
-        return h.add_(self.shortcut(x)) if inplace else self.shortcut(x) + h
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return h.add_(skip) if inplace else skip + h
 
 
-class AttentionBlock(nn.Module):
-    """Single-head self-attention over the H·W positions of a feature map, with a residual connection."""
+class AttentionBlockProcessor:
+    """The default computation of an ``AttentionBlock``: one head of SDPA over the H·W positions.
+
+    Same arithmetic as diffusers' ``AttnProcessor2_0`` on a VAE attention block, plus an in-place
+    residual sum without autograd; uses the fused ``to_qkv`` projection after ``fuse_projections()``.
+    """
+
+    def __call__(self, attn: "AttentionBlock", hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("a VAE attention block is self-attention without a mask")
+        x = hidden_states
+        batch, channels, height, width = x.shape
+        tokens = attn.norm(x).flatten(2).transpose(1, 2)  # (batch, H·W, channels)
+        if attn.fused_projections:
+            q, k, v = attn.to_qkv(tokens).unsqueeze(1).chunk(3, dim=-1)
+        else:
+            # A head axis of size one: SDPA's fused kernels want (batch, heads, tokens, dim).
+            q, k, v = (proj(tokens).unsqueeze(1) for proj in (attn.query, attn.key, attn.value))
+        attended = F.scaled_dot_product_attention(q, k, v).squeeze(1)
+        out = attn.out(attended).transpose(1, 2).reshape(batch, channels, height, width)
+        # `out` is a channels-last view; with it first, the sum (and the convs after it) stay channels-last,
+        # which is both faster on CPU and the exact arithmetic diffusers does.
+        return out.add_(x) if not torch.is_grad_enabled() else out + x
+
+
+class AttentionBlock(nn.Module, AttentionModuleMixin):
+    """Single-head self-attention over the H·W positions of a feature map, with a residual connection.
+
+    The computation is a swappable *processor*, as in diffusers (``set_processor``, ``fuse_projections``).
+    Besides ours, diffusers' own ``AttnProcessor``, ``AttnProcessor2_0`` and ``FusedAttnProcessor2_0``
+    run on it: the attributes below are what they read from an ``Attention`` module, spelled in their
+    terms for one self-attention head with a residual.
+    """
+
+    _default_processor_cls = AttentionBlockProcessor
+    _available_processors = [AttentionBlockProcessor, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0]
+
+    heads = 1
+    residual_connection = True
+    rescale_output_factor = 1.0
+    upcast_attention = False
+    upcast_softmax = True  # as diffusers builds the VAE's attention
+    is_cross_attention = False
+    use_bias = True
+    spatial_norm = norm_q = norm_k = norm_cross = None
+    head_to_batch_dim = Attention.head_to_batch_dim
+    batch_to_head_dim = Attention.batch_to_head_dim
+    get_attention_scores = Attention.get_attention_scores
+    prepare_attention_mask = Attention.prepare_attention_mask
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -55,17 +141,18 @@ class AttentionBlock(nn.Module):
         self.key = nn.Linear(channels, channels)
         self.value = nn.Linear(channels, channels)
         self.out = nn.Linear(channels, channels)
+        self.scale = channels**-0.5
+        self.set_processor(AttentionBlockProcessor())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (batch, H·W, channels)
-        # A head axis of size one: SDPA's fused kernels want (batch, heads, tokens, dim).
-        q, k, v = (proj(tokens).unsqueeze(1) for proj in (self.query, self.key, self.value))
-        attended = F.scaled_dot_product_attention(q, k, v).squeeze(1)
-        out = self.out(attended).transpose(1, 2).reshape(batch, channels, height, width)
-        # `out` is a channels-last view; with it first, the sum (and the convs after it) stay channels-last,
-        # which is both faster on CPU and the exact arithmetic diffusers does.
-        return out.add_(x) if not torch.is_grad_enabled() else out + x
+    # diffusers' names for the same modules (properties: they add no state-dict entries)
+    group_norm = property(lambda self: self.norm)
+    to_q = property(lambda self: self.query)
+    to_k = property(lambda self: self.key)
+    to_v = property(lambda self: self.value)
+    to_out = property(lambda self: (self.out, nn.Identity()))  # (projection, dropout) as processors index it
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.processor(self, x, **kwargs)
 
 
 class Downsample(nn.Module):
@@ -79,52 +166,94 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
-class Upsample(nn.Module):
-    """Nearest-neighbour ×2 followed by a 3×3 conv (no transposed conv, so no checkerboard).
+class NearestUpsampleConv2d(nn.Conv2d):
+    """A conv of the nearest-neighbour ×2 enlargement of its input, computed without building it.
 
-    Computed without building the ×2 image. In conv(upsample(x)) each output pixel sees only two
-    distinct rows and two distinct columns of x, so each of the four output phases (even/odd row ×
-    even/odd column) is a 2×2 conv of x whose taps are sums of the 3×3 kernel's. The same function
-    with 4/9 of the multiply-adds and no intermediate four times the input's size; it differs from
-    the literal form by float rounding only (~1e-7 relative).
+    Its weight and bias mean what they mean in ``conv(interpolate(x, scale_factor=2))``, so state dicts,
+    LoRA deltas and merges are those of that conv. For the 3×3 conv the decoder uses (padding 1),
+    each output pixel sees only two distinct rows and two distinct columns of x, so each of the four
+    output phases (even/odd row × even/odd column) is a 2×2 conv of x whose taps are sums of the 3×3
+    kernel's: the same function with 4/9 of the multiply-adds and no intermediate four times the
+    input's size. It differs from the literal form by float rounding only (~1e-7 relative). Other
+    shapes (PEFT builds LoRA convs with the base conv's class and arguments) run the literal form.
     """
 
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+    def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size=3, stride=1, padding=1, **kwargs):
+        super().__init__(in_channels, in_channels if out_channels is None else out_channels, kernel_size, stride, padding, **kwargs)
 
     def phase_kernels(self) -> list[list[torch.Tensor]]:
         """kernels[a][b]: the 2×2 kernel producing output rows 2i+a, columns 2j+b from x[i-1+a : i+1+a, j-1+b : j+1+b]."""
-        w = self.conv.weight
 
         def merge(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
             first, middle, last = w.unbind(dim)
             return torch.stack([first, middle + last], dim), torch.stack([first + middle, last], dim)
 
-        return [list(merge(rows, 3)) for rows in merge(w, 2)]
+        return [list(merge(rows, 3)) for rows in merge(self.weight, 2)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        channels = self.conv.out_channels
+        if (self.kernel_size, self.stride, self.padding, self.groups, self.padding_mode) != ((3, 3), (1, 1), (1, 1), 1, "zeros"):
+            return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        height, width = x.shape[-2:]
         padded = F.pad(x, (1, 1, 1, 1))
+        phases = [
+            [F.conv2d(padded[:, :, a : a + height + 1, b : b + width + 1], kernel, self.bias) for b, kernel in enumerate(row)]
+            for a, row in enumerate(self.phase_kernels())
+        ]
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # Exporters and compilers want pure ops: interleave the phases with pixel_shuffle (ONNX DepthToSpace).
+            stacked = torch.stack([phase for row in phases for phase in row], dim=2)  # channel-major (c, a, b)
+            return F.pixel_shuffle(stacked.flatten(1, 2), 2)
+        return self._interleave_in_place(phases, x)
+
+    def _interleave_in_place(self, phases: list[list[torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+        # Eagerly, writing each phase into its strided view of the output keeps the peak at the
+        # output plus one phase (pixel_shuffle would hold a second copy of the output), in either layout.
+        batch, _, height, width = x.shape
+        channels = self.out_channels
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        out = torch.empty(
-            batch, channels, 2 * height, 2 * width, dtype=x.dtype, device=x.device, memory_format=memory_format
-        )
-        # (batch, channels, row, row phase, column, column phase) views of `out`, in either memory layout
+        dtype = phases[0][0].dtype
+        out = torch.empty(batch, channels, 2 * height, 2 * width, dtype=dtype, device=x.device, memory_format=memory_format)
+        # (batch, channels, row, row phase, column, column phase) views of `out`
         if channels_last:
-            phases = out.permute(0, 2, 3, 1).view(batch, height, 2, width, 2, channels).permute(0, 5, 1, 2, 3, 4)
+            view = out.permute(0, 2, 3, 1).view(batch, height, 2, width, 2, channels).permute(0, 5, 1, 2, 3, 4)
         else:
-            phases = out.view(batch, channels, height, 2, width, 2)
-        for a, row in enumerate(self.phase_kernels()):
-            for b, kernel in enumerate(row):
-                window = padded[:, :, a : a + height + 1, b : b + width + 1]
-                phases[:, :, :, a, :, b] = F.conv2d(window, kernel, self.conv.bias)
+            view = out.view(batch, channels, height, 2, width, 2)
+        for a, row in enumerate(phases):
+            for b, phase in enumerate(row):
+                view[:, :, :, a, :, b] = phase
         return out
 
 
-class MidBlock(nn.Module):
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 followed by a 3×3 conv (no transposed conv, so no checkerboard)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = NearestUpsampleConv2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _checkpointed(owner: nn.Module, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run `stage`, through gradient checkpointing when `owner` has it on and autograd is recording."""
+    if owner.gradient_checkpointing and torch.is_grad_enabled():
+        return owner._gradient_checkpointing_func(stage, x)
+    return stage(x)
+
+
+def _run_stages(owner: nn.Module, stages: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Encoder/Decoder forward: the levels checkpointed (as diffusers does), the mid block checkpointing
+    its own parts, the first and last conv not at all (their inputs are kept anyway)."""
+    for stage in stages:
+        x = _checkpointed(owner, stage, x) if isinstance(stage, Level) else stage(x)
+    return x
+
+
+# Named as diffusers names the VAE's mid block, so tools that select modules by class name (gradient
+# checkpointing checks, device maps) treat ours alike.
+class UNetMidBlock2D(nn.Module):
     """Residual → attention → residual at the lowest resolution, where attention is affordable."""
 
     def __init__(self, channels: int, groups: int, add_attention: bool):
@@ -132,43 +261,69 @@ class MidBlock(nn.Module):
         self.res1 = ResidualBlock(channels, channels, groups)
         self.attn = AttentionBlock(channels, groups) if add_attention else None
         self.res2 = ResidualBlock(channels, channels, groups)
+        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.res1(x)
-        if self.attn is not None:
-            x = self.attn(x)
-        return self.res2(x)
+        for stage in (self.res1, self.attn, self.res2):
+            if stage is not None:
+                x = _checkpointed(self, stage, x)
+        return x
 
 
-class DownBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, downsample: bool):
+class Level(nn.Module):
+    """One resolution level: residual blocks, then the resampler to the next level (none after the last).
+
+    The resampler is registered as ``downsample`` (encoder) or ``upsample`` (decoder): those names are
+    part of the state dict.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, resampler: str | None):
         super().__init__()
         channels = [in_channels] + [out_channels] * num_layers
         self.res_blocks = nn.ModuleList(ResidualBlock(a, b, groups) for a, b in zip(channels, channels[1:]))
-        self.downsample = Downsample(out_channels) if downsample else None
+        self.resampler = resampler
+        if resampler == "downsample":
+            self.downsample = Downsample(out_channels)
+        elif resampler == "upsample":
+            self.upsample = Upsample(out_channels)
+        elif resampler is not None:
+            raise ValueError(f"unknown resampler {resampler!r}")
+
+    def stages(self) -> list[nn.Module]:
+        return [*self.res_blocks, *([getattr(self, self.resampler)] if self.resampler else [])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.res_blocks:
-            x = block(x)
-        return x if self.downsample is None else self.downsample(x)
+        for stage in self.stages():
+            x = stage(x)
+        return x
 
 
-class UpBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample: bool):
+class Head(nn.Module):
+    """norm_out → SiLU → conv_out as one stage. The modules stay where the network registered them:
+    this wrapper holds them in a tuple, so it owns no parameters and adds no state-dict entries."""
+
+    def __init__(self, norm: nn.GroupNorm, conv: nn.Conv2d):
         super().__init__()
-        channels = [in_channels] + [out_channels] * num_layers
-        self.res_blocks = nn.ModuleList(ResidualBlock(a, b, groups) for a, b in zip(channels, channels[1:]))
-        self.upsample = Upsample(out_channels) if upsample else None
+        self.parts = (norm, conv)
+
+    @property
+    def out_channels(self) -> int:
+        return self.parts[1].out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.res_blocks:
-            x = block(x)
-        return x if self.upsample is None else self.upsample(x)
+        norm, conv = self.parts
+        return conv(F.silu(norm(x), inplace=not torch.is_grad_enabled()))
 
 
-def check_input(x: torch.Tensor, channels: int, multiple: int, what: str) -> None:
+def check_input(x, channels: int, multiple: int, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__} (convert with torch.from_numpy)")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype} (convert with .float())")
     if x.ndim != 4:
         raise ValueError(f"{what} must be a 4-D tensor (batch, channels, height, width), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch (shape {tuple(x.shape)})")
     if x.shape[1] != channels:
         raise ValueError(f"{what} has {x.shape[1]} channels, expected {channels} (shape {tuple(x.shape)})")
     height, width = x.shape[-2:]
@@ -193,25 +348,26 @@ class Encoder(nn.Module):
     ):
         super().__init__()
         self.in_channels = in_channels
-        self.downsampling_factor = 2 ** (len(block_out_channels) - 1)
+        self.downsampling_factor = downsampling_factor(block_out_channels)
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
         last = len(block_out_channels) - 1
         channels = [block_out_channels[0], *block_out_channels]
         self.down = nn.ModuleList(
-            DownBlock(channels[i], channels[i + 1], layers_per_block, groups, downsample=i < last)
+            Level(channels[i], channels[i + 1], layers_per_block, groups, "downsample" if i < last else None)
             for i in range(len(block_out_channels))
         )
-        self.mid = MidBlock(block_out_channels[-1], groups, mid_block_add_attention)
+        self.mid = UNetMidBlock2D(block_out_channels[-1], groups, mid_block_add_attention)
         self.norm_out = group_norm(block_out_channels[-1], groups)
         self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * latent_channels, 3, padding=1)
+        self.gradient_checkpointing = False
+
+    def stages(self) -> list[nn.Module]:
+        """The network as the sequence of modules ``forward`` calls (tiling walks it, levels opened up)."""
+        return [self.conv_in, *self.down, self.mid, Head(self.norm_out, self.conv_out)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.downsampling_factor, "image")
-        x = self.conv_in(x)
-        for block in self.down:
-            x = block(x)
-        x = self.mid(x)
-        return self.conv_out(F.silu(self.norm_out(x), inplace=not torch.is_grad_enabled()))
+        return _run_stages(self, self.stages(), x)
 
 
 class Decoder(nn.Module):
@@ -228,24 +384,56 @@ class Decoder(nn.Module):
     ):
         super().__init__()
         self.latent_channels = latent_channels
+        self.upsampling_factor = downsampling_factor(block_out_channels)
         reversed_channels = list(reversed(block_out_channels))
         self.conv_in = nn.Conv2d(latent_channels, reversed_channels[0], 3, padding=1)
-        self.mid = MidBlock(reversed_channels[0], groups, mid_block_add_attention)
+        self.mid = UNetMidBlock2D(reversed_channels[0], groups, mid_block_add_attention)
         last = len(block_out_channels) - 1
         channels = [reversed_channels[0], *reversed_channels]
         self.up = nn.ModuleList(
-            UpBlock(channels[i], channels[i + 1], layers_per_block + 1, groups, upsample=i < last)
+            Level(channels[i], channels[i + 1], layers_per_block + 1, groups, "upsample" if i < last else None)
             for i in range(len(block_out_channels))
         )
         self.norm_out = group_norm(block_out_channels[0], groups)
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.gradient_checkpointing = False
+
+    def stages(self) -> list[nn.Module]:
+        """The network as the sequence of modules ``forward`` calls (tiling walks it, levels opened up)."""
+        return [self.conv_in, self.mid, *self.up, Head(self.norm_out, self.conv_out)]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_input(z, self.latent_channels, 1, "latents")
-        x = self.mid(self.conv_in(z))
-        for block in self.up:
-            x = block(x)
-        return self.conv_out(F.silu(self.norm_out(x), inplace=not torch.is_grad_enabled()))
+        return _run_stages(self, self.stages(), z)
+
+
+class VAEModules:
+    """What ``ScratchVAE`` and ``CustomAutoencoderKL`` share: the modules of one VAE, built once here."""
+
+    def build_network(
+        self,
+        in_channels: int,
+        out_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        latent_channels: int,
+        norm_num_groups: int,
+        mid_block_add_attention: bool,
+        use_quant_conv: bool,
+        use_post_quant_conv: bool,
+    ) -> None:
+        self.encoder = Encoder(
+            in_channels, block_out_channels, layers_per_block, latent_channels, norm_num_groups, mid_block_add_attention
+        )
+        self.decoder = Decoder(
+            latent_channels, block_out_channels, layers_per_block, out_channels, norm_num_groups, mid_block_add_attention
+        )
+        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
+        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+
+    @property
+    def downsampling_factor(self) -> int:
+        return self.encoder.downsampling_factor
 
 
 def reparameterize(
@@ -260,32 +448,3 @@ def split_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder output → (mean, log-variance), the log-variance clamped as diffusers does."""
     mean, logvar = moments.chunk(2, dim=1)
     return mean, logvar.clamp(*LOGVAR_RANGE)
-
-
-def validate_config(
-    in_channels: int,
-    out_channels: int,
-    block_out_channels: tuple[int, ...],
-    layers_per_block: int,
-    latent_channels: int,
-    norm_num_groups: int,
-) -> None:
-    """Raise ``ValueError`` naming the offending value before any layer is built."""
-    positive = {
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "layers_per_block": layers_per_block,
-        "latent_channels": latent_channels,
-        "norm_num_groups": norm_num_groups,
-    }
-    for name, value in positive.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if len(block_out_channels) == 0:
-        raise ValueError("block_out_channels must list at least one level, got an empty sequence")
-    for channels in block_out_channels:
-        if not isinstance(channels, int) or channels < 1 or channels % norm_num_groups:
-            raise ValueError(
-                f"block_out_channels entry {channels!r} (in {tuple(block_out_channels)}) is not a positive "
-                f"multiple of norm_num_groups={norm_num_groups}: GroupNorm splits channels into that many groups"
-            )

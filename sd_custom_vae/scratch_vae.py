@@ -2,19 +2,23 @@
 
 ``forward(x)`` returns ``(reconstruction, mean, logvar)``; the latent fed to the decoder is drawn
 with the reparameterisation trick. Its parameter names are the ones every other format in this
-project is converted to and from (see ``conversion``), and ``CustomAutoencoderKL`` uses the same
-modules under the same names, so their state dicts are interchangeable.
+project is converted to and from (see ``conversion``), and ``CustomAutoencoderKL`` builds the same
+modules under the same names (``VAEModules``), so their state dicts are interchangeable.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
-from .network import Decoder, Encoder, check_input, reparameterize, split_moments, validate_config
+import conversion
+
+from .network import VAEModules, check_input, reparameterize, split_moments
 
 
-class ScratchVAE(nn.Module):
+class ScratchVAE(nn.Module, VAEModules):
     def __init__(
         self,
         in_channels: int = 3,
@@ -28,14 +32,10 @@ class ScratchVAE(nn.Module):
         use_post_quant_conv: bool = True,
     ):
         super().__init__()
-        block_out_channels = tuple(block_out_channels)
-        validate_config(
-            in_channels, out_channels, block_out_channels, layers_per_block, latent_channels, norm_num_groups
-        )
         self.config = dict(
             in_channels=in_channels,
             out_channels=out_channels,
-            block_out_channels=block_out_channels,
+            block_out_channels=tuple(block_out_channels),
             layers_per_block=layers_per_block,
             latent_channels=latent_channels,
             norm_num_groups=norm_num_groups,
@@ -43,14 +43,17 @@ class ScratchVAE(nn.Module):
             use_quant_conv=use_quant_conv,
             use_post_quant_conv=use_post_quant_conv,
         )
-        self.encoder = Encoder(
-            in_channels, block_out_channels, layers_per_block, latent_channels, norm_num_groups, mid_block_add_attention
-        )
-        self.decoder = Decoder(
-            latent_channels, block_out_channels, layers_per_block, out_channels, norm_num_groups, mid_block_add_attention
-        )
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        conversion.validate_config(self.config)
+        self.build_network(**self.config)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Keep only the inputs of each level and mid-block part in the forward pass and recompute the rest
+        in the backward pass: less memory for more time, the same gradients (as ``ModelMixin``'s)."""
+        checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+                module._gradient_checkpointing_func = checkpoint
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image in [-1, 1] → (mean, logvar) of the latent distribution."""

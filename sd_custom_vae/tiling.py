@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .network import Decoder, Downsample, Encoder, MidBlock, ResidualBlock, Upsample, check_input
+from .network import Decoder, Downsample, Encoder, GroupNorm, Head, Level, ResidualBlock, UNetMidBlock2D, Upsample, check_input
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,6 @@ class TilingConfig:
         return config
 
 
-class _Head(nn.Module):
-    """norm_out → SiLU → conv_out, as one stage (the modules stay where the network registered them)."""
-
-    def __init__(self, norm: nn.GroupNorm, conv: nn.Conv2d):
-        super().__init__()
-        self.parts = (norm, conv)  # a tuple, not submodules: this wrapper owns no parameters
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm, conv = self.parts
-        return conv(F.silu(norm(x)))
-
-    def group_norms(self) -> list[nn.GroupNorm]:
-        return [self.parts[0]]
-
-
 @dataclass
 class _Stage:
     module: nn.Module
@@ -77,7 +62,7 @@ class _Stage:
 
 
 def _stage(module: nn.Module) -> _Stage:
-    if isinstance(module, MidBlock):
+    if isinstance(module, UNetMidBlock2D):
         return _Stage(module, 1.0, -1, module.res2.conv2.out_channels)
     if isinstance(module, ResidualBlock):
         return _Stage(module, 1.0, 2, module.conv2.out_channels)
@@ -87,24 +72,14 @@ def _stage(module: nn.Module) -> _Stage:
         return _Stage(module, 0.5, 2, module.conv.out_channels)
     if isinstance(module, nn.Conv2d):
         return _Stage(module, 1.0, module.kernel_size[0] // 2, module.out_channels)
-    if isinstance(module, _Head):
-        return _Stage(module, 1.0, 1, module.parts[1].out_channels)
+    if isinstance(module, Head):
+        return _Stage(module, 1.0, 1, module.out_channels)
     raise TypeError(f"no tiling rule for {type(module).__name__}")
 
 
-def encoder_stages(encoder: Encoder) -> list[_Stage]:
-    modules: list[nn.Module] = [encoder.conv_in]
-    for block in encoder.down:
-        modules += list(block.res_blocks) + ([block.downsample] if block.downsample is not None else [])
-    modules += [encoder.mid, _Head(encoder.norm_out, encoder.conv_out)]
-    return [_stage(m) for m in modules]
-
-
-def decoder_stages(decoder: Decoder) -> list[_Stage]:
-    modules: list[nn.Module] = [decoder.conv_in, decoder.mid]
-    for block in decoder.up:
-        modules += list(block.res_blocks) + ([block.upsample] if block.upsample is not None else [])
-    modules += [_Head(decoder.norm_out, decoder.conv_out)]
+def network_stages(network: Encoder | Decoder) -> list[_Stage]:
+    """The network's stages with each level opened up into its residual blocks and resampler."""
+    modules = [m for stage in network.stages() for m in (stage.stages() if isinstance(stage, Level) else [stage])]
     return [_stage(m) for m in modules]
 
 
@@ -135,7 +110,7 @@ class _StopTile(Exception):
 
 
 class _GlobalGroupNorm:
-    """Replaces GroupNorm.forward on each instance: normalise with whole-image statistics, or gather them."""
+    """Set as each GroupNorm's ``statistics``: normalise with whole-image statistics, or gather them."""
 
     def __init__(self) -> None:
         self.stats: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -145,7 +120,7 @@ class _GlobalGroupNorm:
         self.core_fraction = (0.0, 1.0, 0.0, 1.0)
         self.untiled = False  # inside a global stage every GroupNorm sees the whole image anyway
 
-    def forward(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         groups = norm.num_groups
         if self.untiled:
@@ -229,9 +204,9 @@ def _run_segment(
 def _run(stages: list[_Stage], network: nn.Module, x: torch.Tensor, tile_in_pixels: float, config: TilingConfig):
     segments = plan_segments(stages, tuple(x.shape), x.element_size(), config.max_buffer_bytes)
     norms = _GlobalGroupNorm()
-    group_norms = [m for m in network.modules() if isinstance(m, nn.GroupNorm)]
+    group_norms = [m for m in network.modules() if isinstance(m, GroupNorm)]
     for norm in group_norms:
-        norm.forward = lambda t, norm=norm: norms.forward(norm, t)
+        norm.statistics = norms
     try:
         with torch.no_grad():
             scale = 1.0
@@ -248,17 +223,16 @@ def _run(stages: list[_Stage], network: nn.Module, x: torch.Tensor, tile_in_pixe
         return x
     finally:
         for norm in group_norms:
-            norm.__dict__.pop("forward", None)
+            del norm.statistics
 
 
 def tiled_encode(encoder: Encoder, x: torch.Tensor, config: TilingConfig) -> torch.Tensor:
     """``encoder(x)`` computed tile by tile; same result to float rounding."""
     check_input(x, encoder.in_channels, encoder.downsampling_factor, "image")
-    return _run(encoder_stages(encoder), encoder, x, config.tile_size, config)
+    return _run(network_stages(encoder), encoder, x, config.tile_size, config)
 
 
 def tiled_decode(decoder: Decoder, z: torch.Tensor, config: TilingConfig) -> torch.Tensor:
     """``decoder(z)`` computed tile by tile; same result to float rounding."""
     check_input(z, decoder.latent_channels, 1, "latents")
-    upsampling = 2 ** (len(decoder.up) - 1)
-    return _run(decoder_stages(decoder), decoder, z, config.tile_size / upsampling, config)
+    return _run(network_stages(decoder), decoder, z, config.tile_size / decoder.upsampling_factor, config)

@@ -43,6 +43,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 turns the exponential moving average of weights off
     mixed_precision: str = "no"  # "no", "fp16" or "bf16", where the device supports it
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     seed: int = 0
     # -- losses --
     reconstruction: str = "mse"  # "mse" (the course) or "l1" (the LDM recipe)

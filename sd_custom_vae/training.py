@@ -87,6 +87,8 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.vae = ScratchVAE(**config.model)
         self.objective.prepare(self.vae)
+        if config.gradient_checkpointing:
+            self.vae.enable_gradient_checkpointing()
         self.data = load_image_data(
             config.data, config.resolution, config.val_fraction, config.eval_crops_per_image, config.eval_resolution
         )

@@ -5,7 +5,7 @@ import torch
 from factories import TINY, stock_autoencoder_kl, tiny_vae
 
 from sd_custom_vae import CustomAutoencoderKL
-from sd_custom_vae.tiling import decoder_stages, plan_segments
+from sd_custom_vae.tiling import network_stages, plan_segments
 
 THREE_LEVELS = dict(TINY, block_out_channels=(16, 32, 32), layers_per_block=2)
 
@@ -60,7 +60,7 @@ def test_diffusers_tiling_differs_where_ours_does_not():
 
 
 def test_plan_keeps_small_activations_and_recomputes_large_ones(vae):
-    stages = decoder_stages(vae.decoder)
+    stages = network_stages(vae.decoder)
     everything = plan_segments(stages, (1, 4, 64, 64), 4, 1 << 40)
     assert all(len(segment) == 1 for segment in everything)
     nothing = plan_segments(stages, (1, 4, 64, 64), 4, 1)

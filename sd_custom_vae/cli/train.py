@@ -11,7 +11,7 @@ OVERRIDES = {
     "data": str, "output": str, "steps": int, "resolution": int, "eval_resolution": int, "batch_size": int,
     "beta": float,
     "learning_rate": float, "warmup_steps": int, "gradient_accumulation": int, "ema_decay": float,
-    "mixed_precision": str, "seed": int, "reconstruction": str, "kl_reduction": str,
+    "mixed_precision": str, "gradient_checkpointing": bool, "seed": int, "reconstruction": str, "kl_reduction": str,
     "perceptual_weight": float, "disc_weight": float, "disc_start": int,
     "sample_every": int, "eval_every": int, "checkpoint_every": int, "keep_checkpoints": int,
     "mode": str, "teacher": str, "decoder_init": str, "student_width": float, "latent_weight": float,
@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--gradient-accumulation", type=int)
     parser.add_argument("--ema-decay", type=float, help="exponential moving average of weights (0 = off)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                        help="recompute activations in the backward pass: less memory, more time")
     parser.add_argument("--perceptual-weight", type=float, help="ST-LPIPS weight (0 = off)")
     parser.add_argument("--disc-weight", type=float, help="PatchGAN weight (0 = off)")
     parser.add_argument("--disc-start", type=int, help="step at which the discriminator starts")
