@@ -12,6 +12,7 @@ from .configs import (
     validate_config,
 )
 from .convert import (
+    DTYPES,
     TARGETS,
     ConversionSummary,
     VAECheckpoint,
@@ -24,20 +25,13 @@ from .convert import (
     to_scratch,
 )
 from .detect import Detection, detect_scheme
-from .formats import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    atomic_path,
-    check_writable,
-    read_checkpoint,
-    write_json,
-    write_model_folder,
-    write_safetensors,
-)
+from .files import atomic_folder, atomic_path, check_new, check_writable, read_json, write_json
+from .formats import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint, write_model_folder, write_safetensors
 from .schemes import SCHEMES, Slot, expected_shapes
 
 __all__ = [
     "CONFIG_NAME",
+    "DTYPES",
     "WEIGHTS_NAME",
     "ARCHITECTURE_KEYS",
     "CONFIG_KEYS",
@@ -50,7 +44,9 @@ __all__ = [
     "Detection",
     "Slot",
     "VAECheckpoint",
+    "atomic_folder",
     "atomic_path",
+    "check_new",
     "check_writable",
     "convert_checkpoint",
     "convert_state_dict",
@@ -60,6 +56,7 @@ __all__ = [
     "from_diffusers_config",
     "load_checkpoint",
     "read_checkpoint",
+    "read_json",
     "rename_to_scratch",
     "save_checkpoint",
     "to_diffusers_config",

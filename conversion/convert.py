@@ -10,7 +10,8 @@ import torch
 
 from .configs import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from .detect import Detection, _first, detect_scheme
-from .formats import check_writable, read_checkpoint, write_model_folder, write_safetensors
+from .files import check_new
+from .formats import read_checkpoint, write_model_folder, write_safetensors
 from .schemes import SCHEMES, SCRATCH, adapt_tensor, count_levels, expected_shapes, format_slot, get_scheme, parse_keys
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -26,6 +27,7 @@ class VAECheckpoint:
     scheme: str  # the scheme the tensors were read in
     source: str = ""
     ignored: list[str] = field(default_factory=list)
+    assumed: dict = field(default_factory=dict)  # config values the weights could not tell and nothing gave
 
     @property
     def num_parameters(self) -> int:
@@ -64,7 +66,26 @@ def _checked_detection(state_dict: dict[str, torch.Tensor], config: dict | None,
                 f"{source}: shape mismatch for {key!r}: the checkpoint has {tuple(detection.state_dict[key].shape)}, "
                 f"the architecture read from the other weights needs {shape}"
             )
+    check_values(detection.state_dict, source)
     return detection, config
+
+
+def check_values(state_dict: dict[str, torch.Tensor], source: str, dtype: torch.dtype | None = None) -> None:
+    """Every tensor is floating point and finite (and, for `dtype`, within its range): else a ValueError
+    naming the tensor. A NaN, an inf or an integer weight is a broken checkpoint, not a VAE."""
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{source}: tensor {key!r} holds {tensor.dtype} values; VAE weights are floating point")
+        if not torch.isfinite(tensor).all():
+            bad = (~torch.isfinite(tensor)).sum().item()
+            raise ValueError(f"{source}: tensor {key!r} holds {bad} NaN or infinite value(s): the checkpoint is broken")
+        if dtype is not None and tensor.numel():
+            largest, limit = tensor.abs().max().item(), torch.finfo(dtype).max
+            if largest > limit:
+                raise ValueError(
+                    f"{source}: tensor {key!r} has a value of magnitude {largest:.4g}, beyond {dtype}'s range "
+                    f"({limit:.4g}): it would become infinite; keep a wider dtype"
+                )
 
 
 def _rename(detection: Detection, target: str, config: dict) -> dict[str, torch.Tensor]:
@@ -83,7 +104,9 @@ def to_scratch(
 ) -> VAECheckpoint:
     """Any scheme → a validated checkpoint under our names."""
     detection, config = _checked_detection(state_dict, config, source)
-    return VAECheckpoint(_rename(detection, SCRATCH.name, config), config, detection.scheme, source, detection.ignored)
+    return VAECheckpoint(
+        _rename(detection, SCRATCH.name, config), config, detection.scheme, source, detection.ignored, detection.assumed
+    )
 
 
 def key_scheme(keys) -> str:
@@ -130,30 +153,39 @@ def load_checkpoint(path: str | os.PathLike, config: dict | None = None, variant
 
 
 def save_checkpoint(
-    checkpoint: VAECheckpoint, output: str | os.PathLike, to: str, dtype: str | torch.dtype | None = None
+    checkpoint: VAECheckpoint,
+    output: str | os.PathLike,
+    to: str,
+    dtype: str | torch.dtype | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write `checkpoint` as a diffusers folder (``to="diffusers"``) or one ``.safetensors`` file."""
+    """Write `checkpoint` as a diffusers folder (``to="diffusers"``) or one ``.safetensors`` file, atomically;
+    an existing output is replaced, as a whole, only with `overwrite`."""
     if to not in TARGETS:
         raise ValueError(f"unknown output format {to!r}; expected one of {TARGETS}")
-    output = check_writable(output)
+    output = check_new(output, overwrite)
     if to != "diffusers" and output.suffix != ".safetensors":
         raise ValueError(f"{output}: {to} output is a single file and must end in .safetensors")
     if to == "diffusers" and output.suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
         raise ValueError(f"{output}: diffusers output is a model folder, not a {output.suffix} file")
-    renamed = convert_state_dict(cast(checkpoint.state_dict, dtype), to, checkpoint.config)
+    renamed = convert_state_dict(cast(checkpoint.state_dict, dtype, checkpoint.source), to, checkpoint.config)
     if to == "diffusers":
-        return write_model_folder(renamed, to_diffusers_config(checkpoint.config), output)
+        return write_model_folder(renamed, to_diffusers_config(checkpoint.config), output, overwrite=overwrite)
     return write_safetensors(renamed, output, config=_jsonable(checkpoint.config))
 
 
-def cast(state_dict: dict[str, torch.Tensor], dtype: str | torch.dtype | None) -> dict[str, torch.Tensor]:
+def cast(
+    state_dict: dict[str, torch.Tensor], dtype: str | torch.dtype | None, source: str = "state dict"
+) -> dict[str, torch.Tensor]:
+    """Every tensor in `dtype` ("fp32", "fp16", "bf16" or a torch dtype); refused if a value would overflow it."""
     if dtype is None:
         return state_dict
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
         dtype = DTYPES[dtype]
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    check_values(state_dict, source, dtype)
+    return {k: v.to(dtype) for k, v in state_dict.items()}
 
 
 def _jsonable(config: dict) -> dict:
@@ -169,13 +201,18 @@ class ConversionSummary:
     output: str
     target: str
     ignored: int
+    assumed: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         ignored = f", ignored {self.ignored} non-VAE keys" if self.ignored else ""
-        return (
+        line = (
             f"{self.source}: {self.scheme} scheme, {self.tensors} tensors, {self.parameters:,} parameters{ignored} "
             f"→ {self.target} at {self.output}"
         )
+        for key, value in self.assumed.items():
+            line += f"\nnote: assumed {key}={value} (the file does not record it and the weights cannot tell it); " \
+                f"pass --{key.replace('_', '-')} if the VAE was built with another value"
+        return line
 
 
 def convert_checkpoint(
@@ -184,11 +221,12 @@ def convert_checkpoint(
     to: str,
     dtype: str | None = None,
     config: dict | None = None,
+    overwrite: bool = False,
 ) -> ConversionSummary:
-    check_writable(output)  # before reading a multi-GB input
+    check_new(output, overwrite)  # before reading a multi-GB input
     checkpoint = load_checkpoint(source, config)
-    path = save_checkpoint(checkpoint, output, to, dtype)
+    path = save_checkpoint(checkpoint, output, to, dtype, overwrite)
     return ConversionSummary(
         str(source), checkpoint.scheme, len(checkpoint.state_dict), checkpoint.num_parameters, str(path), to,
-        len(checkpoint.ignored),
+        len(checkpoint.ignored), checkpoint.assumed,
     )

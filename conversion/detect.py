@@ -23,6 +23,7 @@ class Detection:
     config: dict  # architecture, in our config keys
     prefix: str = ""
     ignored: list[str] = field(default_factory=list)  # keys that are not part of the VAE network
+    assumed: dict = field(default_factory=dict)  # config values taken by default, the weights being silent
 
 
 def _strip_prefix(state_dict: dict) -> tuple[str, dict, list[str]]:
@@ -67,7 +68,8 @@ def detect_scheme(state_dict: dict[str, torch.Tensor], norm_num_groups: int | No
             f"{len(unknown)} key(s) are not part of a {scheme} VAE: {_first(sorted(unknown))}"
         )
     config = infer_config(vae_dict, slots, norm_num_groups)
-    return Detection(scheme, vae_dict, slots, config, prefix, ignored)
+    assumed = {} if norm_num_groups is not None else {"norm_num_groups": config["norm_num_groups"]}
+    return Detection(scheme, vae_dict, slots, config, prefix, ignored, assumed)
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], slots: dict[str, Slot], norm_num_groups: int | None) -> dict:

@@ -8,17 +8,16 @@ target folder and renamed into place, so a failed write never leaves a half file
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from .files import atomic_folder, atomic_path, read_json, write_json
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -37,14 +36,28 @@ def read_checkpoint(path: str | os.PathLike, variant: str | None = None) -> tupl
         raise FileNotFoundError(f"no such checkpoint file or folder: {path}")
     if path.is_dir():
         return _read_folder(path, variant)
-    if path.suffix == ".safetensors":
+    # The content decides (a safetensors file renamed .ckpt is still safetensors); the suffix only says
+    # what a file of neither kind was meant to be, for the error.
+    kind = sniff(path) or {".safetensors": "safetensors", **dict.fromkeys(PICKLE_SUFFIXES, "pickle")}.get(path.suffix)
+    if kind == "safetensors":
         return _read_safetensors(path)
-    if path.suffix in PICKLE_SUFFIXES:
+    if kind == "pickle":
         return _read_pickle(path), None
     raise ValueError(
         f"{path}: unrecognised checkpoint extension {path.suffix!r}; expected .safetensors, "
         f"{', '.join(PICKLE_SUFFIXES)} or a diffusers model folder"
     )
+
+
+def sniff(path: Path) -> str | None:
+    """"safetensors" or "pickle" from a file's first bytes, or None for neither."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path):
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "pickle"  # torch.save's zip archive, or a bare pickle
+    return None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -54,7 +67,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"{path}: not a readable safetensors file (truncated or another format?): {error}") from error
-    config = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
+    try:
+        config = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: the config in its metadata is not valid JSON ({error.msg})") from None
     return tensors, config
 
 
@@ -87,7 +103,7 @@ def _read_folder(folder: Path, variant: str | None) -> tuple[dict[str, torch.Ten
     config_path = folder / CONFIG_NAME
     if not config_path.exists():
         raise FileNotFoundError(f"{folder} is a folder but has no {CONFIG_NAME}: not a diffusers model folder")
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path)
     # Without a variant, plain weights first, then the ".fp16" files many Hub repos ship alone.
     suffixes = [f".{variant}"] if variant else ["", ".fp16"]
     for suffix in suffixes:
@@ -97,43 +113,12 @@ def _read_folder(folder: Path, variant: str | None) -> tuple[dict[str, torch.Ten
             if single.exists():
                 return read_checkpoint(single)[0], config
             if index.exists():
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                shards = sorted(set(read_json(index).get("weight_map", {}).values()))
                 tensors: dict[str, torch.Tensor] = {}
                 for shard in shards:
                     tensors.update(read_checkpoint(folder / shard)[0])
                 return tensors, config
     raise FileNotFoundError(f"{folder}: found {CONFIG_NAME} but no {WEIGHTS_NAME}*.safetensors or .bin weights")
-
-
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early, before any work, if `path` cannot be written."""
-    path = Path(path)
-    parent = path.parent if path.parent != Path("") else Path(".")
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: folder {existing} is not writable")
-    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write into {path}: the folder is not writable")
-    return path
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = check_writable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, config: dict | None = None) -> Path:
@@ -146,18 +131,12 @@ def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLi
     return Path(path)
 
 
-def write_json(data: dict, path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return Path(path)
-
-
-def write_model_folder(state_dict: dict[str, torch.Tensor], config: dict, folder: str | os.PathLike) -> Path:
-    """A diffusers-style model folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``."""
-    folder = check_writable(folder)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder} exists and is a file; a diffusers model is a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_safetensors(state_dict, folder / f"{WEIGHTS_NAME}.safetensors")
-    write_json(config, folder / CONFIG_NAME)
-    return folder
+def write_model_folder(
+    state_dict: dict[str, torch.Tensor], config: dict, folder: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """A diffusers-style model folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``, written beside
+    `folder` and swapped in as a whole (an existing folder is replaced only with `overwrite`)."""
+    with atomic_folder(folder, overwrite) as staging:
+        write_safetensors(state_dict, staging / f"{WEIGHTS_NAME}.safetensors")
+        write_json(config, staging / CONFIG_NAME)
+    return Path(folder)

@@ -11,6 +11,7 @@ behaves as it does on ``AutoencoderKL``.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -23,9 +24,13 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 
 import conversion
 
-from . import tiling
+from . import hub_upload, tiling
 from .network import AttentionBlockProcessor, NearestUpsampleConv2d, VAEModules, check_input
 from .scratch_vae import ScratchVAE
+
+
+class AssumedConfigWarning(UserWarning):
+    """A checkpoint did not say a config value the weights cannot tell; the usual one was assumed."""
 
 
 def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -307,6 +312,13 @@ class CustomAutoencoderKL(ModelMixin, AttentionMixin, AutoencoderMixin, ConfigMi
         else:
             path = resolve_file(source, **hub_options)
             checkpoint = conversion.load_checkpoint(path, {**config, **overrides})
+        for key, value in checkpoint.assumed.items():
+            warnings.warn(
+                f"{checkpoint.source}: assumed {key}={value}: the file does not record it and the weights cannot tell "
+                f"it; pass {key}=... (or config=) if this VAE was built with another value",
+                AssumedConfigWarning,
+                stacklevel=2,
+            )
         model = cls.from_checkpoint(checkpoint, **overrides)
         return model if torch_dtype is None else _cast(model, torch_dtype)
 
@@ -373,9 +385,7 @@ class CustomAutoencoderKL(ModelMixin, AttentionMixin, AutoencoderMixin, ConfigMi
         ``metrics.json``) and the `reconstructions` grid. Returns the commit URL."""
         if not safe_serialization or variant is not None or subfolder is not None:
             raise ValueError("push_to_hub writes one safetensors repo at its root: no pickle, variant or subfolder")
-        from .hub import push_vae  # hub imports this module
-
-        result = push_vae(
+        result = hub_upload.push_vae(
             self, repo_id, format=format, private=private, token=token, commit_message=commit_message,
             create_pr=create_pr, metrics=metrics, reconstructions=reconstructions,
         )

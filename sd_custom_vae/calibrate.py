@@ -79,6 +79,11 @@ def latent_statistics(vae, batches, generator: torch.Generator, total: int | Non
     for batch in tqdm(batches, total=total, desc="encoding crops", unit="batch"):
         posterior = vae.encode(batch.to(vae.device, vae.dtype)).latent_dist
         z = posterior.sample(generator=generator).double()
+        if not torch.isfinite(z).all():
+            raise ValueError(
+                "the VAE's latents are NaN or infinite on real images: its weights are broken (a diverged run?) "
+                "or it overflows in this dtype; calibrate a sound checkpoint, in float32"
+            )
         total_sum += z.sum().item()
         total_squares += z.square().sum().item()
         elements += z.numel()

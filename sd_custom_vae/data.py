@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-
-logger = logging.getLogger(__name__)
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BUILTIN = "builtin"
@@ -76,7 +74,7 @@ def split_paths(paths: list[Path], root: Path, val_fraction: float = 0.1) -> tup
     if len(paths) < 2:
         return paths, []
     def bucket(path: Path) -> float:
-        digest = hashlib.sha1(str(path.relative_to(root)).encode()).hexdigest()
+        digest = hashlib.sha1(os.fsencode(path.relative_to(root))).hexdigest()  # any file name, UTF-8 or not
         return int(digest[:8], 16) / 0xFFFFFFFF
     val = [p for p in paths if bucket(p) < val_fraction]
     if not val:  # small folders: still hold one image out
@@ -85,11 +83,17 @@ def split_paths(paths: list[Path], root: Path, val_fraction: float = 0.1) -> tup
     return train, val
 
 
+# Crops may be upscaled from images somewhat smaller than them (with a warning); beyond this factor
+# for every image, a resolution is a mistake (4096-px crops of 64-px photos cost gigabytes for nothing).
+MAX_UPSCALE = 2
+
+
 @dataclass
 class LoadReport:
     loaded: int = 0
     skipped: int = 0  # unreadable or not an image
     upscaled: int = 0  # smaller than the crop
+    largest_side: int = 0  # the largest shorter side among the images read
 
 
 def _at_least(image: Image.Image, side: int) -> Image.Image:
@@ -101,18 +105,39 @@ def _at_least(image: Image.Image, side: int) -> Image.Image:
     return image.resize((max(side, round(image.width * scale)), max(side, round(image.height * scale))), Image.BICUBIC)
 
 
+def as_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB as the photo is meant to be seen: EXIF rotation applied, 16-bit greyscale scaled to 8 bits
+    (Pillow's own conversion would clip it to white), transparency and palettes resolved."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit greyscale (PNG, TIFF)
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":  # floating-point TIFF: taken as [0, 1]
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def read_image(path: Path) -> Image.Image | None:
+    """The image in `path` as 8-bit RGB, or None if it is not a readable image (or a decompression bomb)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return as_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def load_images(paths: list[Path], resolution: int, report: LoadReport | None = None) -> list[Image.Image]:
     """Decode to RGB, skipping unreadable files and upscaling images smaller than the crop."""
     report = report if report is not None else LoadReport()
     images = []
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                image = image.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        image = read_image(path)
+        if image is None:
             report.skipped += 1
             continue
+        report.largest_side = max(report.largest_side, min(image.size))
         if min(image.size) < resolution:
             image = _at_least(image, resolution)
             report.upscaled += 1
@@ -213,6 +238,12 @@ def load_image_data(
         train_paths, val_paths = split_paths(paths, root, val_fraction)
         description = f"{root} ({len(train_paths)} train, {len(val_paths)} validation)"
     train = load_images(train_paths, resolution, report)
+    if train and resolution > MAX_UPSCALE * report.largest_side:
+        raise ValueError(
+            f"--resolution {resolution} is more than {MAX_UPSCALE}× the largest training image in "
+            f"{data or 'the built-in photos'} (shorter side {report.largest_side} px): every crop would be a blown-up "
+            f"copy, costing memory for nothing; choose a resolution up to about {report.largest_side}"
+        )
     val = load_images(val_paths, max(resolution, eval_resolution), report)
     if not train:
         raise ValueError(

@@ -55,17 +55,62 @@ def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tenso
     return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
 
 
+class Adversary(nn.Module):
+    """The GAN half of the LDM recipe, in one place: the PatchGAN discriminator, its optimizer, when it
+    starts, its loss and its update step. The VAE's loss asks it for the generator term."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.start, self.weight = config.disc_start, config.disc_weight
+        self.discriminator = PatchDiscriminator()
+        self.optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
+
+    def prepare(self, accelerator) -> None:
+        """Hand the discriminator and its optimizer to accelerate (devices, DDP, mixed precision)."""
+        self.discriminator, self.optimizer = accelerator.prepare(self.discriminator, self.optimizer)
+
+    def active(self, step: int) -> bool:
+        return step >= self.start
+
+    def generator_loss(self, reconstruction: torch.Tensor) -> torch.Tensor:
+        """What the VAE minimises to fool the discriminator. The discriminator's weights get no gradient from it
+        (and, being the plain module rather than accelerate's wrapper, no gradient synchronisation either)."""
+        discriminator = getattr(self.discriminator, "module", self.discriminator)
+        discriminator.requires_grad_(False)
+        try:
+            return -discriminator(reconstruction).mean()
+        finally:
+            discriminator.requires_grad_(True)
+
+    def update(self, images: torch.Tensor, reconstruction: torch.Tensor, accelerator) -> dict[str, torch.Tensor]:
+        """One hinge-loss step of the discriminator on real images against (detached) reconstructions."""
+        with accelerator.accumulate(self.discriminator), accelerator.autocast():
+            real_logits = self.discriminator(images.detach())
+            fake_logits = self.discriminator(reconstruction.detach())
+            loss = hinge_discriminator_loss(real_logits, fake_logits)
+            accelerator.backward(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return {"discriminator": loss.detach(), "logits_real": real_logits.mean().detach(), "logits_fake": fake_logits.mean().detach()}
+
+    def state(self, accelerator) -> tuple[dict, dict]:
+        """(discriminator weights, optimizer state) for a checkpoint."""
+        return accelerator.unwrap_model(self.discriminator).state_dict(), self.optimizer.state_dict()
+
+    def load_state(self, accelerator, weights: dict, optimizer_state: dict) -> None:
+        accelerator.unwrap_model(self.discriminator).load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer_state)
+
+
 class VAELoss(nn.Module):
     def __init__(self, config: TrainConfig, perceptual: nn.Module | None = None):
         super().__init__()
         self.config = config
         self.perceptual = perceptual
-        self.discriminator = PatchDiscriminator() if config.disc_weight > 0 else None
-        if config.kl_reduction not in ("ldm", "course"):
-            raise ValueError(f"unknown kl_reduction {config.kl_reduction!r}; expected 'ldm' or 'course'")
+        self.adversary = Adversary(config) if config.disc_weight > 0 else None
 
     def adversarial_active(self, step: int) -> bool:
-        return self.discriminator is not None and step >= self.config.disc_start
+        return self.adversary is not None and self.adversary.active(step)
 
     def image_terms(
         self, images: torch.Tensor, reconstruction: torch.Tensor, step: int, last_layer: torch.Tensor | None = None
@@ -79,15 +124,14 @@ class VAELoss(nn.Module):
             distortion = distortion + config.perceptual_weight * terms["perceptual"]
         total = distortion
         if self.adversarial_active(step):
-            fake_logits = self.discriminator(reconstruction)
-            terms["generator"] = -fake_logits.mean()
+            terms["generator"] = self.adversary.generator_loss(reconstruction)
             weight = self._adaptive_weight(distortion, terms["generator"], last_layer)
             terms["adversarial_weight"] = weight
             total = total + weight * terms["generator"]
         terms["image_total"] = total
         return terms
 
-    def generator_terms(
+    def vae_terms(
         self,
         images: torch.Tensor,
         reconstruction: torch.Tensor,
@@ -103,7 +147,7 @@ class VAELoss(nn.Module):
         terms["kl"] = kl.mean()
         if config.kl_reduction == "ldm":
             weighted_kl = config.beta * kl.mean() / images[0].numel()
-        else:
+        else:  # "sum": over the batch, as the course writes it
             weighted_kl = config.beta * kl.sum()
         terms["total"] = terms["image_total"] + weighted_kl
         return terms
@@ -116,9 +160,3 @@ class VAELoss(nn.Module):
         generator_grad = torch.autograd.grad(generator, last_layer, retain_graph=True)[0]
         weight = distortion_grad.norm() / (generator_grad.norm() + 1e-4)
         return weight.clamp(0.0, 1e4).detach() * self.config.disc_weight
-
-    def discriminator_terms(self, images: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
-        real_logits = self.discriminator(images.detach())
-        fake_logits = self.discriminator(reconstruction.detach())
-        loss = hinge_discriminator_loss(real_logits, fake_logits)
-        return {"discriminator": loss, "logits_real": real_logits.mean().detach(), "logits_fake": fake_logits.mean().detach()}

@@ -67,9 +67,10 @@ class Objective:
     def prepare(self, vae: ScratchVAE) -> None:
         """Initialise or freeze parts of the freshly built model before the optimizer sees it."""
 
-    def step(self, model, images: torch.Tensor, step: int, generator: torch.Generator, last_layer) -> StepOutput:
-        reconstruction, mean, logvar = model(images, generator=generator)
-        return StepOutput(self.loss.generator_terms(images, reconstruction, mean, logvar, step, last_layer), reconstruction)
+    def terms(self, model, images: torch.Tensor, step: int, noise: torch.Generator, last_layer) -> StepOutput:
+        """The loss terms of one micro-step at optimizer step `step`; `noise` draws the latent samples."""
+        reconstruction, mean, logvar = model(images, generator=noise)
+        return StepOutput(self.loss.vae_terms(images, reconstruction, mean, logvar, step, last_layer), reconstruction)
 
     @torch.no_grad()
     def metrics(self, vae: ScratchVAE, crops: torch.Tensor) -> dict:
@@ -119,9 +120,9 @@ class DecoderFinetune(TeacherObjective):
         if vae.quant_conv is not None:
             vae.quant_conv.requires_grad_(False)
 
-    def step(self, model, images, step, generator, last_layer) -> StepOutput:
+    def terms(self, model, images, step, noise, last_layer) -> StepOutput:
         # the frozen encoder is the teacher's: sampling its posterior inside the model is the teacher's latent
-        reconstruction, _, _ = model(images, generator=generator)
+        reconstruction, _, _ = model(images, generator=noise)
         terms = self.loss.image_terms(images, reconstruction, step, last_layer)
         terms["total"] = terms["image_total"]
         return StepOutput(terms, reconstruction)
@@ -146,9 +147,9 @@ class Distill(TeacherObjective):
             )
         return student
 
-    def step(self, model, images, step, generator, last_layer) -> StepOutput:
+    def terms(self, model, images, step, noise, last_layer) -> StepOutput:
         teacher_mean, teacher_logvar = self.teacher_moments(images)
-        teacher_latents = reparameterize(teacher_mean, teacher_logvar, generator)
+        teacher_latents = reparameterize(teacher_mean, teacher_logvar, noise)
         reconstruction, mean, logvar = model(images, latents=teacher_latents)
         terms = self.loss.image_terms(images, reconstruction, step, last_layer)
         # squared relative error of the means: scale-free, and exactly the reported metric squared

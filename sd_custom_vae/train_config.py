@@ -2,64 +2,90 @@
 
 A run is described by one ``TrainConfig``: a preset gives the starting values, a YAML/JSON file
 or command-line flags override them, and the result is saved as ``train_config.json`` in the run.
+Each setting is declared once, below: its default, its help text and its allowed values live in
+the field, ``validate()`` checks them all, and ``sd-custom-vae train`` builds one flag per field
+from them (``cli/train.py``). A new option is one field here and the code that uses it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+import conversion
+
+# diffusers.optimization.SchedulerType's values, the schedules get_scheduler builds
+LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+MODES = ("scratch", "decoder-finetune", "distill")
+# Renamed option values: old → new. The old spelling still works, with a warning.
+RENAMED_VALUES = {"kl_reduction": {"course": "sum"}}
+
+
+def setting(default, help: str, *, choices=None, at_least=None, at_most=None, above=None, below=None, flag=True, aliases=()):
+    """A TrainConfig field: its default, what it means, the values it may take, and whether ``train`` has a
+    flag for it (``--name-with-dashes``, plus `aliases`)."""
+    metadata = dict(
+        help=help, choices=choices, at_least=at_least, at_most=at_most, above=above, below=below, flag=flag, aliases=aliases
+    )
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"
+    preset: str = setting("tiny", "the preset the other values started from", flag=False)
     # -- what is trained (see objectives.py) --
-    mode: str = "scratch"  # "scratch", "decoder-finetune" or "distill"
-    teacher: str | None = None  # any VAE checkpoint or folder: required by the teacher modes
-    decoder_init: str = "teacher"  # decoder-finetune starts from the teacher's decoder, or "scratch"
-    student_width: float = 0.25  # distill with no `model`: the teacher's levels at this fraction of its channels
-    latent_weight: float = 1.0  # distill: weight of matching the teacher's latents
-    # -- the network (ScratchVAE keywords; taken from the teacher in decoder-finetune) --
-    model: dict = field(default_factory=dict)
+    mode: str = setting("scratch", "scratch, or train against --teacher so a pretrained UNet understands the latents", choices=MODES)
+    teacher: str | None = setting(None, "the VAE whose latent space to keep: a folder, a checkpoint file or a Hub repo id")
+    decoder_init: str = setting("teacher", "decoder-finetune: start from the teacher's decoder or from scratch", choices=("teacher", "scratch"))
+    student_width: float = setting(0.25, "distill: student channels as a fraction of the teacher's", above=0.0, at_most=1.0)
+    latent_weight: float = setting(1.0, "distill: weight of matching the teacher's latents", at_least=0.0)
+    # -- the network: ScratchVAE keywords (taken from the teacher in decoder-finetune) --
+    model: dict = setting({}, "ScratchVAE keywords (block_out_channels, layers_per_block, ...)", flag=False)
     # -- data --
-    data: str | None = None  # a folder of images; None: the built-in photos
-    resolution: int = 64  # training crop side, in pixels
-    eval_resolution: int | None = None  # validation crop side (default: resolution)
-    val_fraction: float = 0.1  # share of a user folder held out (built-in photos have a fixed split)
-    eval_crops_per_image: int = 4
+    data: str | None = setting(None, "folder of images (searched recursively); default: the built-in photos")
+    resolution: int = setting(64, "training crop side in pixels", at_least=8)
+    eval_resolution: int | None = setting(None, "validation crop side in pixels (default: --resolution)", at_least=8)
+    val_fraction: float = setting(0.1, "share of a user folder held out for validation", above=0.0, below=1.0)
+    eval_crops_per_image: int = setting(4, "validation crops per held-out image (centre, then towards the corners)", at_least=1, at_most=5)
     # -- optimisation --
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 8  # per process, per micro-step
-    gradient_accumulation: int = 1
-    learning_rate: float = 3e-4
-    warmup_steps: int = 50
-    lr_schedule: str = "cosine"  # any name diffusers.optimization.get_scheduler knows
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0  # 0 turns the exponential moving average of weights off
-    mixed_precision: str = "no"  # "no", "fp16" or "bf16", where the device supports it
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
-    seed: int = 0
+    steps: int = setting(1000, "optimizer steps", at_least=1)
+    batch_size: int = setting(8, "images per process per micro-step", at_least=1)
+    gradient_accumulation: int = setting(1, "micro-steps per optimizer step", at_least=1)
+    learning_rate: float = setting(3e-4, "peak learning rate", above=0.0, aliases=("--lr",))
+    warmup_steps: int = setting(50, "steps of linear learning-rate warm-up", at_least=0)
+    lr_schedule: str = setting("cosine", "learning-rate schedule after the warm-up", choices=LR_SCHEDULES)
+    weight_decay: float = setting(0.0, "AdamW weight decay", at_least=0.0)
+    adam_betas: tuple[float, float] = setting((0.9, 0.99), "AdamW betas", flag=False)
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off)", at_least=0.0)
+    ema_decay: float = setting(0.0, "exponential moving average of weights (0 = off)", at_least=0.0, below=1.0)
+    mixed_precision: str = setting("no", "no, fp16 or bf16, where the device supports it", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, more time")
+    seed: int = setting(0, "every random draw (crops, noise, initial weights) follows from it", at_least=0)
     # -- losses --
-    reconstruction: str = "mse"  # "mse" (the course) or "l1" (the LDM recipe)
-    beta: float = 1e-6  # KL weight
+    reconstruction: str = setting("mse", "reconstruction loss: mse (the course) or l1 (the LDM recipe)", choices=("mse", "l1"))
+    beta: float = setting(1e-6, "KL weight (see --kl-reduction)", at_least=0.0)
     # "ldm": LDM's objective divided by the number of pixel values, so beta=1e-6 is LDM's kl_weight;
-    # "course": the course's  MSE(mean) + beta * KL summed over the batch, where its default beta is 2.5e-4.
-    kl_reduction: str = "ldm"
-    perceptual_weight: float = 0.0  # ST-LPIPS (AlexNet) weight; 0 = off
-    disc_weight: float = 0.0  # PatchGAN adversarial weight; 0 = off
-    disc_start: int = 0  # step at which the discriminator starts (LDM starts it late)
+    # "sum": the course's  MSE(mean) + beta * KL summed over the batch, where its default beta is 2.5e-4.
+    kl_reduction: str = setting("ldm", "ldm: KL per pixel value (beta 1e-6 is LDM's); sum: over the batch, as the course", choices=("ldm", "sum"))
+    perceptual_weight: float = setting(0.0, "ST-LPIPS weight (0 = off)", at_least=0.0)
+    disc_weight: float = setting(0.0, "PatchGAN weight (0 = off)", at_least=0.0)
+    disc_start: int = setting(0, "step at which the discriminator starts (LDM starts it late)", at_least=0)
     # -- what the run writes --
-    output: str | None = None  # run folder; None: runs/<preset>-<timestamp>
-    sample_every: int = 250  # reconstruction grid PNG
-    eval_every: int = 250  # validation PSNR/SSIM
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
+    output: str | None = setting(None, "run folder; default runs/<preset>-<timestamp>")
+    sample_every: int = setting(250, "save a reconstruction grid PNG every N steps", at_least=1)
+    eval_every: int = setting(250, "validation PSNR/SSIM every N steps", at_least=1)
+    checkpoint_every: int = setting(250, "save a checkpoint every N steps", at_least=1)
+    keep_checkpoints: int = setting(2, "how many of the newest checkpoints to keep", at_least=1)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,6 +95,50 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training option(s): {unknown}")
         return dataclasses.replace(self, **overrides)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` naming the option, its value and what it may be; returns self."""
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value, rules = getattr(self, f.name), f.metadata
+            where = f"option {f.name} (--{f.name.replace('_', '-')})" if rules["flag"] else f"option {f.name}"
+            _check_type(where, value, hints[f.name])
+            if value is None:
+                continue
+            if rules["choices"] is not None and value not in rules["choices"]:
+                raise ValueError(f"{where} is {value!r}; choose one of {', '.join(map(str, rules['choices']))}")
+            if rules["at_least"] is not None and value < rules["at_least"]:
+                raise ValueError(f"{where} must be at least {rules['at_least']}, got {value!r}")
+            if rules["at_most"] is not None and value > rules["at_most"]:
+                raise ValueError(f"{where} must be at most {rules['at_most']}, got {value!r}")
+            if rules["above"] is not None and not value > rules["above"]:
+                raise ValueError(f"{where} must be greater than {rules['above']}, got {value!r}")
+            if rules["below"] is not None and not value < rules["below"]:
+                raise ValueError(f"{where} must be less than {rules['below']:g}, got {value!r}")
+        unknown = sorted(set(self.model) - set(conversion.ARCHITECTURE_KEYS))
+        if unknown:
+            raise ValueError(f"option model has unknown key(s) {unknown}; ScratchVAE takes {', '.join(conversion.ARCHITECTURE_KEYS)}")
+        conversion.validate_config(self.model)
+        return self
+
+
+def _check_type(where: str, value, annotation) -> None:
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) not in allowed:
+            raise ValueError(f"{where} needs a value, got null")
+        return
+    base = [typing.get_origin(a) or a for a in allowed if a is not type(None)][0]
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is tuple:
+        ok = isinstance(value, (tuple, list))
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        raise ValueError(f"{where} must be {base.__name__ if base is not float else 'a finite number'}, got {value!r}")
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -133,23 +203,58 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+def read_config_file(path: Path) -> dict:
+    """A YAML or JSON file of TrainConfig fields; a syntax error names the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text file ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: line {error.lineno}, column {error.colno}: {error.msg}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ValueError(f"{path}: {where}{getattr(error, 'problem', None) or error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value, got a {type(values).__name__}")
+    return values
+
+
+def _renamed(values: dict) -> dict:
+    values = dict(values)
+    for key, renames in RENAMED_VALUES.items():
+        if values.get(key) in renames:
+            new = renames[values[key]]
+            warnings.warn(f"{key}={values[key]!r} is now called {new!r}", FutureWarning, stacklevel=3)
+            values[key] = new
+    return values
+
+
 def load_config(preset_or_file: str | None = None, **overrides) -> TrainConfig:
-    """A preset name, or a YAML/JSON file (which may name a ``preset`` to start from), then `overrides`."""
+    """A preset name, or a YAML/JSON file (which may name a ``preset`` to start from), then `overrides`;
+    validated."""
     name = preset_or_file or "tiny"
     if name in PRESETS:
         config, values = PRESETS[name], {}
     else:
         path = Path(name)
-        if not path.exists():
+        if not path.is_file():
             raise ValueError(f"--config {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
-        values = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
+        values = read_config_file(path)
         base = values.pop("preset", "tiny")
         if base not in PRESETS:
             raise ValueError(f"{path}: unknown preset {base!r}; choose one of {', '.join(PRESETS)}")
         config = PRESETS[base]
     config = config.replace(model=dict(config.model))  # never mutate the preset itself
-    config = config.replace(**values)
-    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    config = config.replace(**_renamed(values))
+    config = config.replace(**_renamed({k: v for k, v in overrides.items() if v is not None}))
+    if not isinstance(config.model, dict):
+        raise ValueError(f"option model must be a mapping of ScratchVAE keywords, got {config.model!r}")
     if isinstance(config.model.get("block_out_channels"), list):
         config.model["block_out_channels"] = tuple(config.model["block_out_channels"])
-    return config
+    if isinstance(config.adam_betas, list):
+        config.adam_betas = tuple(config.adam_betas)
+    return config.validate()

@@ -8,9 +8,6 @@ needs the weights, the optimizer and scheduler states and the step.
 
 from __future__ import annotations
 
-import json
-import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +21,7 @@ from tqdm.auto import tqdm
 
 import conversion
 
-from . import run_files
+from . import run_files, training_state
 from .autoencoder_kl import CustomAutoencoderKL
 from .calibrate import CALIBRATION_KEY, apply_calibration, calibrate
 from .data import RandomCrops, load_image_data
@@ -35,12 +32,7 @@ from .objectives import make_objective
 from .perceptual import STLPIPS
 from .scratch_vae import ScratchVAE
 from .train_config import TrainConfig
-
-logger = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss stopped being finite; the run stopped and its last good checkpoint is kept."""
+from .training_state import TrainingDiverged  # noqa: F401 (raised by train(), public here)
 
 
 @dataclass
@@ -61,19 +53,21 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     )
 
 
-def _latest_checkpoint(run: Path) -> Path | None:
-    checkpoints = sorted((run / run_files.CHECKPOINTS_DIR).glob("step-*"))
-    return checkpoints[-1] if checkpoints else None
-
-
 class Trainer:
     """One run: owns the model, optimizer, data and the run folder."""
 
-    def __init__(self, config: TrainConfig, accelerator: Accelerator | None = None, progress: bool = True):
+    def __init__(
+        self,
+        config: TrainConfig,
+        accelerator: Accelerator | None = None,
+        progress: bool = True,
+        resuming: bool = False,
+        overwrite: bool = False,
+    ):
         self.config = config
         self.accelerator = accelerator or make_accelerator(config)
         self.progress = progress
-        self.output = self._output_folder()
+        self.output = self._output_folder(resuming, overwrite)
         self.step = 0
         self.history: list[dict] = []
         self.val_history: list[dict] = []
@@ -103,28 +97,26 @@ class Trainer:
             config.lr_schedule, self.optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
         )
         self.ema = EMAModel(trainable, decay=config.ema_decay) if config.ema_decay > 0 else None
-        self.disc_optimizer = None
-        if self.loss.discriminator is not None:
-            self.disc_optimizer = torch.optim.AdamW(
-                self.loss.discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.9)
-            )
-        prepared = self.accelerator.prepare(self.vae, self.optimizer)
-        self.model, self.optimizer = prepared
-        if self.loss.discriminator is not None:
-            self.discriminator, self.disc_optimizer = self.accelerator.prepare(self.loss.discriminator, self.disc_optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(self.vae, self.optimizer)
+        self.adversary = self.loss.adversary
+        if self.adversary is not None:
+            self.adversary.prepare(self.accelerator)
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
 
     # -- the run folder ---------------------------------------------------------------------------
 
-    def _output_folder(self) -> Path:
-        name = [self.config.output or f"runs/{self.config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"]
-        broadcast_object_list(name)  # every process writes to the folder the main one chose
-        folder = Path(name[0])
+    def _output_folder(self, resuming: bool, overwrite: bool) -> Path:
+        name = [self.config.output or f"runs/{self.config.preset}-{time.strftime('%Y%m%d-%H%M%S')}", None]
         if self.accelerator.is_main_process:
-            conversion.check_writable(folder / run_files.TRAIN_CONFIG)
-            folder.mkdir(parents=True, exist_ok=True)
-        return folder
+            try:
+                training_state.prepare_run_folder(Path(name[0]), resuming, overwrite, self.config.data)
+            except (ValueError, OSError) as error:
+                name[1] = error
+        broadcast_object_list(name)  # every process writes to the folder the main one chose, or stops with it
+        if name[1] is not None:
+            raise name[1]
+        return Path(name[0])
 
     # -- one step ---------------------------------------------------------------------------------
 
@@ -148,10 +140,8 @@ class Trainer:
         for micro in range(config.gradient_accumulation):
             images = self._batch(self.step, micro)
             with a.accumulate(self.model):
-                if adversarial:
-                    self.loss.discriminator.requires_grad_(False)
                 with a.autocast():
-                    output = self.objective.step(
+                    output = self.objective.terms(
                         self.model, images, self.step, self._noise(self.step, micro), unwrapped.decoder.conv_out.weight
                     )
                 terms, reconstruction = output.terms, output.reconstruction
@@ -162,13 +152,7 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             if adversarial:
-                self.loss.discriminator.requires_grad_(True)
-                with a.accumulate(self.discriminator), a.autocast():
-                    disc_terms = self.loss.discriminator_terms(images, reconstruction)
-                    a.backward(disc_terms["discriminator"])
-                    self.disc_optimizer.step()
-                    self.disc_optimizer.zero_grad(set_to_none=True)
-                terms.update(disc_terms)
+                terms.update(self.adversary.update(images, reconstruction, a))
             for name, value in terms.items():
                 logged[name] = logged.get(name, 0.0) + float(torch.as_tensor(value).detach()) / config.gradient_accumulation
         self.scheduler.step()
@@ -180,10 +164,9 @@ class Trainer:
     def _stop_if_not_finite(self, total: torch.Tensor) -> None:
         finite = torch.isfinite(total.detach()).float().reshape(1)
         if self.accelerator.reduce(finite, reduction="sum").item() < self.accelerator.num_processes:
-            where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved yet"
             raise TrainingDiverged(
-                f"the loss became {total.item()} at step {self.step}; training stopped ({where}). "
-                "Try a lower learning rate or a smaller beta."
+                f"the loss became {total.item()} at step {self.step}; training stopped. "
+                + training_state.resume_hint(self.last_checkpoint)
             )
 
     # -- evaluation and outputs -------------------------------------------------------------------
@@ -213,51 +196,51 @@ class Trainer:
             save_png(grid([self.data.val_crops, reconstructions], labels=["original", label]), grid_path)
         return metrics
 
-    def save_checkpoint(self) -> Path:
+    def save_state(self) -> Path:
+        """A checkpoint of everything ``--resume`` needs, once the weights are known to be sane."""
         a = self.accelerator
+        model = a.unwrap_model(self.model)
+        training_state.check_sane(model, self.step, self.last_checkpoint)
         a.wait_for_everyone()
         folder = self.output / run_files.CHECKPOINTS_DIR / f"step-{self.step:06d}"
         if a.is_main_process:
-            tmp = folder.with_name(f".tmp-{folder.name}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            model = a.unwrap_model(self.model)
-            conversion.write_safetensors(model.state_dict(), tmp / "model.safetensors", config=model.config)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            files = {
+                "model.safetensors": (model.state_dict(), model.config),
+                "optimizer.pt": self.optimizer.state_dict(),
+                "scheduler.pt": self.scheduler.state_dict(),
+            }
             if self.ema is not None:
-                torch.save(self.ema.state_dict(), tmp / "ema.pt")
-            if self.disc_optimizer is not None:
-                conversion.write_safetensors(a.unwrap_model(self.discriminator).state_dict(), tmp / "discriminator.safetensors")
-                torch.save(self.disc_optimizer.state_dict(), tmp / "disc_optimizer.pt")
-            state = {"step": self.step, "elapsed": self.elapsed, "history": self.history, "val_history": self.val_history}
-            conversion.write_json(state, tmp / "state.json")
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)  # a checkpoint folder exists only once it is complete
-            kept = sorted(folder.parent.glob("step-*"))
-            for old in kept[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old)
+                files["ema.pt"] = self.ema.state_dict()
+            if self.adversary is not None:
+                weights, optimizer_state = self.adversary.state(a)
+                files["discriminator.safetensors"] = (weights, None)
+                files["disc_optimizer.pt"] = optimizer_state
+            files[training_state.STATE] = {
+                "step": self.step, "elapsed": self.elapsed, "history": self.history, "val_history": self.val_history
+            }
+            training_state.save(self.output, self.step, files, self.config.keep_checkpoints)
         a.wait_for_everyone()
         self.last_checkpoint = folder
         return folder
 
-    def load_checkpoint(self, folder: Path) -> None:
+    def load_state(self, files: dict, folder: Path) -> None:
         """Everything needed to continue exactly: weights, optimizer, scheduler, EMA, step and logs."""
-        from safetensors.torch import load_file
-
-        def load(name: str):
-            return torch.load(folder / name, map_location="cpu", weights_only=True)
-
-        self.accelerator.unwrap_model(self.model).load_state_dict(load_file(folder / "model.safetensors"))
-        self.optimizer.load_state_dict(load("optimizer.pt"))
-        self.scheduler.load_state_dict(load("scheduler.pt"))
+        model = self.accelerator.unwrap_model(self.model)
+        try:
+            model.load_state_dict(files["model.safetensors"])
+        except RuntimeError as error:
+            raise ValueError(
+                f"{folder} holds another architecture than this run's configuration ({str(error).splitlines()[-1].strip()}); "
+                "resume with the run's own settings (leave --config out)"
+            ) from None
+        self.optimizer.load_state_dict(files["optimizer.pt"])
+        self.scheduler.load_state_dict(files["scheduler.pt"])
         if self.ema is not None:
-            self.ema.load_state_dict(load("ema.pt"))
+            self.ema.load_state_dict(files["ema.pt"])
             self.ema.to(self.accelerator.device)
-        if self.disc_optimizer is not None:
-            self.accelerator.unwrap_model(self.discriminator).load_state_dict(load_file(folder / "discriminator.safetensors"))
-            self.disc_optimizer.load_state_dict(load("disc_optimizer.pt"))
-        state = json.loads((folder / "state.json").read_text())
+        if self.adversary is not None:
+            self.adversary.load_state(self.accelerator, files["discriminator.safetensors"], files["disc_optimizer.pt"])
+        state = files[training_state.STATE]
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.history, self.val_history = state["history"], state["val_history"]
         self.last_checkpoint = folder
@@ -274,12 +257,9 @@ class Trainer:
             apply_calibration(model, calibrate(model, config.data, resolution=resolution, crops=128))
         elif record is not None:  # the student reproduces the teacher's latents: its calibration holds
             model.register_to_config(**{CALIBRATION_KEY: record})
-        target = self.output / run_files.MODEL_DIR
-        staging = self.output / f".tmp-{run_files.MODEL_DIR}"
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        training_state.check_sane(model, self.step, self.last_checkpoint)
+        with conversion.atomic_folder(self.output / run_files.MODEL_DIR, overwrite=True) as staging:  # this run's own
+            model.save_pretrained(staging)
         summary = {
             **metrics,
             "steps": self.step,
@@ -301,10 +281,11 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, resume: Path | None = None) -> TrainResult:
+    def run(self, resume: list[Path] | None = None) -> TrainResult:
+        """Train to ``config.steps``, first loading the newest intact of the `resume` checkpoint candidates."""
         config, a = self.config, self.accelerator
-        if resume is not None:
-            self.load_checkpoint(resume)
+        if resume:
+            training_state.load_newest_intact(resume, self.load_state)
         if a.is_main_process:
             conversion.write_json(config.to_dict(), self.output / run_files.TRAIN_CONFIG)
         bar = tqdm(
@@ -335,7 +316,7 @@ class Trainer:
                 postfix["val_psnr"] = f"{metrics['psnr']:.2f}"
             bar.set_postfix(postfix)
             if self.step % config.checkpoint_every == 0 or last:
-                self.save_checkpoint()
+                self.save_state()
         bar.close()
         if a.is_main_process:
             if not self.val_history or self.val_history[-1]["step"] != self.step:  # resumed a finished run
@@ -347,13 +328,13 @@ class Trainer:
         return TrainResult(self.output, self.step, shared[0], self.history, a.is_main_process)
 
 
-def train(config: TrainConfig, resume: str | Path | bool | None = None, progress: bool = True) -> TrainResult:
-    """Train `config`; `resume` is a checkpoint folder, a run folder, or True for the latest checkpoint of config.output."""
-    trainer = Trainer(config, progress=progress)
-    checkpoint = None
+def train(
+    config: TrainConfig, resume: str | Path | bool | None = None, progress: bool = True, overwrite: bool = False
+) -> TrainResult:
+    """Train `config`. `resume`: a checkpoint folder, a run folder (its newest intact checkpoint), or True for
+    config.output's. A new run's output folder must not hold files unless `overwrite` (replaced as a whole)."""
+    trainer = Trainer(config, progress=progress, resuming=bool(resume), overwrite=overwrite)
+    candidates = None
     if resume:
-        where = trainer.output if resume is True else Path(resume)
-        checkpoint = where if (where / "state.json").exists() else _latest_checkpoint(where)
-        if checkpoint is None:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint under {where / run_files.CHECKPOINTS_DIR}")
-    return trainer.run(checkpoint)
+        candidates = training_state.resume_candidates(trainer.output if resume is True else Path(resume))
+    return trainer.run(candidates)

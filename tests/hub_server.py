@@ -3,7 +3,9 @@
 It speaks the routes the real Hub serves for `create_repo`, `upload_folder` (every file "regular":
 base64 inside the commit, so neither LFS nor Xet is needed), `model_info`, `list_repo_tree` and
 `hf_hub_download`, with the headers the client reads (X-Repo-Commit, ETag, X-Error-Code).
-Write routes want a bearer token; `fail_commits` makes the next N commits answer 503.
+Write routes want a bearer token; `fail_commits` makes the next N commits answer 503. Hostile modes:
+`echo_authorization` makes errors quote the request's Authorization header (as some proxies do), and
+`stall_seconds` holds every request that long before answering (a Hub that never answers).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -43,6 +46,8 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.tokens_seen: set[str] = set()
         self.fail_commits = 0
+        self.echo_authorization = False
+        self.stall_seconds = 0.0
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -81,6 +86,15 @@ def _handler(hub: FakeHub):
         def _error(self, status: int, message: str, code: str | None = None, head=False):
             self._reply(status, {"error": message}, {"X-Error-Code": code} if code else None, head=head)
 
+        def _hostile(self) -> bool:
+            """Answer as a hostile or broken Hub would, if asked to; True if the request is dealt with."""
+            if hub.stall_seconds:
+                time.sleep(hub.stall_seconds)
+            if hub.echo_authorization:
+                self._error(400, f"Bad request: could not validate header Authorization: {self.headers.get('Authorization')}")
+                return True
+            return False
+
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
@@ -102,6 +116,8 @@ def _handler(hub: FakeHub):
         def _route(self, method: str) -> None:
             path = unquote(urlsplit(self.path).path)
             hub.requests.append((method, path))
+            if self._hostile():
+                return
             parts = path.strip("/").split("/")
             with hub.lock:
                 if method == "POST" and path == "/api/repos/create":

@@ -56,7 +56,7 @@ def test_checkpoints_are_pruned_and_loadable(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = VAELoss.generator_terms
+    real = VAELoss.vae_terms
 
     def poisoned(self, images, reconstruction, mean, logvar, step, last_layer=None):
         terms = real(self, images, reconstruction, mean, logvar, step, last_layer)
@@ -64,7 +64,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
             terms["total"] = terms["total"] * float("nan")
         return terms
 
-    monkeypatch.setattr(VAELoss, "generator_terms", poisoned)
+    monkeypatch.setattr(VAELoss, "vae_terms", poisoned)
     config = load_config("tiny", steps=10, output=str(tmp_path / "run"), **dict(FAST, checkpoint_every=2))
     with pytest.raises(TrainingDiverged, match=r"nan at step 5.*step-000004"):
         train(config, progress=False)

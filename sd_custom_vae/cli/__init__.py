@@ -1,12 +1,23 @@
-"""The ``sd-custom-vae`` command line: one module per subcommand, each with ``register(subparsers)``."""
+"""The ``sd-custom-vae`` command line: one module per subcommand, each with ``register(subparsers)``.
+
+Whatever goes wrong reaches the user as one line (what is wrong, where, what to do) and an exit
+code: 2 for bad input, 1 for a failure outside it (the Hub, the disk, a bug), 130 for Ctrl-C. Set
+``SD_CUSTOM_VAE_TRACEBACK=1`` to see the traceback instead. Everything a command prints passes
+through ``redact``: no token reaches the terminal, whoever wrote the text (an error echoed by a server).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import os
 import sys
+import warnings
 
 from .. import __version__
+from ..redact import Redacting, known_secrets, redact
 
 # In the order `--help` lists them. Each module defines register(subparsers) and sets a handler.
 COMMANDS = ["train", "convert", "generate", "calibrate", "eval", "push"]
@@ -24,15 +35,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pick_device(requested: str | None) -> str:
+    """The device a command runs on: `requested` if this machine has it, else cuda, mps or cpu, the first available."""
+    import torch
+
+    if requested is None:
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, False)
+    if not available:
+        raise ValueError(f"--device {requested}: this machine has no such device; use --device cpu (or leave it out)")
+    return requested
+
+
+def describe(error: BaseException) -> tuple[str, int]:
+    """(one line for the user, exit code) for an error a command raised."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        where = f" while writing {error.filename}" if error.filename else ""
+        return f"disk full{where}: free some space and run the command again (files that were there are unchanged)", 1
+    if isinstance(error, HfHubHTTPError):
+        return (
+            f"the upload failed: {error}; your local files are unchanged: run the same command again to retry "
+            "(files already on the Hub are skipped)", 1,
+        )
+    if type(error).__module__.startswith(("httpx", "requests", "urllib3")) or isinstance(error, TimeoutError):
+        return f"cannot reach the Hugging Face Hub ({type(error).__name__}: {error}); check the network and HF_ENDPOINT", 1
+    if isinstance(error, (ValueError, TypeError, LookupError, OSError)):
+        return str(error) or type(error).__name__, 2
+    from ..training import TrainingDiverged
+
+    if isinstance(error, TrainingDiverged):
+        return str(error), 1
+    return (
+        f"unexpected {type(error).__name__}: {error} (a bug: please report it; set SD_CUSTOM_VAE_TRACEBACK=1 "
+        "to see where it happened)", 1,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as error:
-        # bad input: one clear line, not a traceback
-        print(f"sd-custom-vae {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    secrets = known_secrets(getattr(args, "token", None))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(Redacting(sys.stdout, secrets)))
+        stack.enter_context(contextlib.redirect_stderr(Redacting(sys.stderr, secrets)))
+        stack.callback(setattr, warnings, "formatwarning", warnings.formatwarning)
+        # a warning is one line, as errors are: no source line that reads like a traceback
+        warnings.formatwarning = lambda message, category, *_: f"sd-custom-vae {args.command}: warning: {message}\n"
+        try:
+            return args.handler(args)
+        except KeyboardInterrupt:
+            print(f"sd-custom-vae {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as error:  # noqa: BLE001 - the one place every failure is turned into one line
+            if os.environ.get("SD_CUSTOM_VAE_TRACEBACK"):
+                raise
+            message, code = describe(error)
+            print(f"sd-custom-vae {args.command}: error: {redact(message, secrets)}", file=sys.stderr)
+            return code

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="crops and latent samples are drawn from this seed")
     parser.add_argument("--output", default=None, help="save the calibrated model as this folder instead")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder as a whole")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.set_defaults(handler=run)
 
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..calibrate import apply_calibration, calibrate, write_calibration
     from ..loading import load_vae
+    from . import pick_device
 
     source = Path(args.vae)
     in_place = args.output is None
@@ -42,9 +44,10 @@ def run(args: argparse.Namespace) -> int:
     if in_place and not (source / "config.json").is_file():
         raise ValueError(f"{source} has no config.json to update (a single checkpoint file?); pass --output FOLDER")
     target = source / "config.json" if in_place else Path(args.output)
-    conversion.check_writable(target)  # before the encoding work
+    # before the encoding work; updating the model's own config.json in place is what calibrate is asked to do
+    conversion.check_writable(target) if in_place else conversion.check_new(target, args.overwrite)
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     vae = load_vae(source, torch.float32).to(device)
     previous = vae.config.scaling_factor
     result = calibrate(
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         write_calibration(source, result)
     else:
         apply_calibration(vae, result)
-        vae.save_pretrained(target)
+        with conversion.atomic_folder(target, overwrite=args.overwrite) as staging:
+            vae.save_pretrained(staging)
     shift = f", shift_factor {result.shift_factor:.6g}" if result.shift_factor is not None else ""
     print(
         f"scaling_factor {previous:.6g} → {result.scaling_factor:.6g}{shift} "

@@ -1,4 +1,4 @@
-"""sd-custom-vae convert INPUT OUTPUT --to {diffusers,ldm,scratch} [--dtype fp32|fp16|bf16]"""
+"""sd-custom-vae convert INPUT OUTPUT --to {diffusers,ldm,scratch} [--dtype fp32|fp16|bf16] [--overwrite]"""
 
 from __future__ import annotations
 
@@ -17,11 +17,16 @@ def register(subparsers) -> None:
     parser.add_argument("output", help="output folder (--to diffusers) or .safetensors file (--to ldm/scratch)")
     parser.add_argument("--to", required=True, choices=["diffusers", "ldm", "scratch"], help="output naming scheme")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="cast weights on output")
+    parser.add_argument("--norm-num-groups", type=int, default=None,
+                        help="GroupNorm groups of the VAE, for files that do not record it (default 32, as every SD VAE)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output (as a whole, atomically)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import conversion
 
-    print(conversion.convert_checkpoint(args.input, args.output, to=args.to, dtype=args.dtype))
+    config = {"norm_num_groups": args.norm_num_groups} if args.norm_num_groups is not None else None
+    print(conversion.convert_checkpoint(args.input, args.output, to=args.to, dtype=args.dtype, config=config,
+                                        overwrite=args.overwrite))
     return 0

@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--resolution", type=int, default=256, help="crop side in pixels (default 256)")
     parser.add_argument("--crops-per-image", type=int, default=2)
     parser.add_argument("--output", default="eval", help="folder for eval.json and eval.png (default ./eval)")
+    parser.add_argument("--overwrite", action="store_true", help="replace eval.json and eval.png already in --output")
     parser.set_defaults(handler=run)
 
 
@@ -41,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from ..images import grid, save_png
     from ..loading import load_vae
 
-    output = conversion.check_writable(Path(args.output) / "eval.json").parent
+    output = Path(args.output)
+    for name in ("eval.json", "eval.png"):  # before minutes of evaluation
+        conversion.check_new(output / name, args.overwrite)
     vaes = {path: load_vae(_model_path(path), dtype=torch.float32) for path in args.vaes}
     teacher = load_vae(_model_path(args.teacher), dtype=torch.float32) if args.teacher else None
     paths = builtin_photos()[1] if args.data is None else find_images(args.data)

@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--output", default="out.png", help="image file to write (default out.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's own")
     parser.add_argument("--height", type=int, default=None, help="default: the model's native size")
@@ -27,16 +28,6 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: fp16 on a GPU, fp32 on the CPU")
     parser.set_defaults(handler=run)
-
-
-def _device(requested: str | None) -> str:
-    import torch
-
-    if requested:
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,16 +38,17 @@ def run(args: argparse.Namespace) -> int:
     import conversion
 
     from ..pipeline import load_pipeline
+    from . import pick_device
 
     if args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    output = conversion.check_writable(args.output)  # before minutes of loading
+    output = conversion.check_new(args.output, args.overwrite)  # before minutes of loading
     image_format = Image.registered_extensions().get(output.suffix.lower())
     if image_format is None:
         raise ValueError(f"{output}: unknown image extension {output.suffix!r}; use .png")
-    device = _device(args.device)
+    device = pick_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp32" if device == "cpu" else "fp16")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    dtype = conversion.DTYPES[dtype_name]
 
     pipe = load_pipeline(args.model, args.vae, AutoPipelineForText2Image, dtype=dtype).to(device)
     options = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -26,23 +25,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
+    from ..hub import push_run
+    from ..hub_upload import use_hub_timeouts
 
-    from ..hub import HubAuthError, push_run
-
-    try:
-        result = push_run(
-            args.source, args.repo_id, format=args.format, private=args.private or None, token=args.token,
-            commit_message=args.commit_message, license=args.license,
-        )
-    except HubAuthError as error:
-        print(f"sd-custom-vae push: error: {error}", file=sys.stderr)
-        return 2
-    except HfHubHTTPError as error:
-        # staging happens in a temporary folder and a commit is all or nothing: rerunning is always safe
-        print(f"sd-custom-vae push: error: the upload failed: {error}", file=sys.stderr)
-        print("sd-custom-vae push: your local files are unchanged; run the same command again to retry "
-              "(files already on the Hub are skipped)", file=sys.stderr)
-        return 1
+    use_hub_timeouts()
+    # a failed upload is reported by the command line's one-line handler: staging happens in a temporary
+    # folder and a commit is all or nothing, so rerunning is always safe
+    result = push_run(
+        args.source, args.repo_id, format=args.format, private=args.private or None, token=args.token,
+        commit_message=args.commit_message, license=args.license,
+    )
     print(result)
     return 0

@@ -1,0 +1,60 @@
+"""No secret is printed: Hub tokens are masked in everything a command writes to the terminal.
+
+A server may echo a request's ``Authorization`` header in its error text, a library may put a token
+in a URL: ``redact`` masks the exact tokens in use and anything shaped like a Hugging Face token or
+a bearer credential, wherever it appears.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+
+MASK = "hf_***"
+# Hugging Face tokens (hf_ + letters and digits) and bearer credentials in headers or their echoes
+TOKEN_PATTERNS = re.compile(r"\bhf_[A-Za-z0-9]{8,}|(?<=Bearer )[^\s'\",;]+|(?<=token=)[^\s&'\",;]+", re.IGNORECASE)
+
+
+def known_secrets(*extra: str | None) -> set[str]:
+    """The tokens this process may use: given ones, HF_TOKEN, and the one `hf auth login` stored."""
+    secrets = {value for value in (*extra, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")) if value}
+    try:
+        from huggingface_hub import get_token
+
+        stored = get_token()
+    except Exception:  # noqa: BLE001 - an unreadable token file is not this module's business
+        stored = None
+    if stored:
+        secrets.add(stored)
+    return {s for s in secrets if len(s) >= 4}
+
+
+def redact(text: str, secrets: set[str] = frozenset()) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return TOKEN_PATTERNS.sub(MASK, text)
+
+
+class Redacting(io.TextIOBase):
+    """A text stream that masks secrets in every write before passing it on."""
+
+    def __init__(self, stream, secrets: set[str]):
+        self.stream, self.secrets = stream, secrets
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact(text, self.secrets))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    @property
+    def encoding(self):
+        return getattr(self.stream, "encoding", "utf-8")
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
