@@ -5,8 +5,9 @@
     python benchmarks/train_quality.py --run RUN --wall-s S  # report a run the default command already made
                                                              # (e.g. distill_quality.py's teacher)
 
-Prints validation PSNR/SSIM on the held-out photos' crops (see metrics.json) and the wall time of
-the whole command, from start-up to the exported model, and appends the result to
+Prints the wall time of the whole command, from start-up to the exported model, then `sd-custom-vae eval`
+of the model on the held-out built-in photos: PSNR/SSIM on 64-px and 256-px crops, and rFID (with its image
+count: a few dozen crops make it a rough signal) and LPIPS at 256 px. Appends the row to
 benchmarks/results/train_quality.json.
 """
 
@@ -43,21 +44,41 @@ def main() -> None:
 
     metrics = json.loads((output / "metrics.json").read_text())
     config = json.loads((output / "train_config.json").read_text())
+    evals = {size: evaluate(output, size) for size in (64, 256)}
     row = {
         "preset": metrics["preset"], "steps": metrics["steps"], "resolution": config["resolution"],
-        "eval_resolution": config.get("eval_resolution"), "parameters": metrics["parameters"],
-        "psnr": metrics["psnr"], "ssim": metrics["ssim"], "val_crops": metrics["val_crops"],
+        "final_resolution": config.get("final_resolution"), "parameters": metrics["parameters"],
+        "mixed_precision": metrics.get("mixed_precision"),
+        **{f"{key}_{size}": value for size, table in evals.items() for key, value in table.items()},
         "training_s": metrics["wall_time_s"], "wall_s": None if wall is None else round(wall, 1), "cpus": os.cpu_count(),
         "extra_args": args.train_args, "run": str(output),
     }
     print(
-        f"\npreset {row['preset']}: {row['steps']} steps, {row['parameters'] / 1e6:.2f}M parameters\n"
-        f"validation PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f} on {row['val_crops']} held-out crops\n"
+        f"\npreset {row['preset']}: {row['steps']} steps, {row['parameters'] / 1e6:.2f}M parameters, "
+        f"precision {row['mixed_precision']}\n"
         f"wall time {'?' if wall is None else f'{wall / 60:.1f}'} min (training loop {row['training_s'] / 60:.1f} min) "
         f"on {row['cpus']} CPUs\n"
-        f"run folder: {output}"
+        f"held-out built-in photos, 64-px crops:  PSNR {row['psnr_64']:.2f} dB, SSIM {row['ssim_64']:.3f} "
+        f"({row['crops_64']} crops)\n"
+        f"held-out built-in photos, 256-px crops: PSNR {row['psnr_256']:.2f} dB, SSIM {row['ssim_256']:.3f}, "
+        + (f"rFID {row['rfid_256']:.1f} over {row['crops_256']} crops, " if "rfid_256" in row else "")
+        + (f"LPIPS {row.get('lpips_256', row.get('st_lpips_256')):.3f}" if any(k in row for k in ("lpips_256", "st_lpips_256")) else "")
+        + f"\nrun folder: {output}"
     )
     append_row("train_quality.json", row)
+
+
+def evaluate(run: Path, size: int) -> dict:
+    """`sd-custom-vae eval` of the run's model on the held-out built-in photos at `size` px (4 crops per photo)."""
+    folder = run.parent / f"eval-{size}"
+    metrics = "psnr,ssim" if size < 256 else None  # rFID and LPIPS at 256 px (all that is installed)
+    command = [sys.executable, "-m", "sd_custom_vae", "eval", str(run / "model"), "--resolution", str(size),
+               "--crops-per-image", "4", "--output", str(folder), "--overwrite", *(["--metrics", metrics] if metrics else [])]
+    subprocess.run(command, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    table = json.loads((folder / "eval.json").read_text())
+    vae = table["vaes"][0]
+    keys = ("psnr", "ssim", "rfid", "lpips", "st_lpips")
+    return {"crops": table["crops"], **{key: vae[key] for key in keys if key in vae}}
 
 
 if __name__ == "__main__":

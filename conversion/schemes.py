@@ -19,8 +19,16 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+from torch import nn
+
+from sd_custom_vae.network import VAEModules  # the one definition of the network's structure
 
 RESIDUAL_PARTS = ("norm1", "conv1", "norm2", "conv2", "shortcut")
+# what a config that leaves an architecture key out means (AutoencoderKL's defaults for the switches)
+ARCHITECTURE_DEFAULTS = {
+    "in_channels": 3, "out_channels": 3, "block_out_channels": (64,), "layers_per_block": 1, "latent_channels": 4,
+    "norm_num_groups": 32, "mid_block_add_attention": True, "use_quant_conv": True, "use_post_quant_conv": True,
+}
 ATTENTION_PARTS = ("norm", "query", "key", "value", "out")
 ATTENTION_PROJECTIONS = ("query", "key", "value", "out")
 
@@ -228,69 +236,17 @@ def count_levels(slots: Iterable[Slot]) -> int:
     return max(blocks) + 1 if blocks else 0
 
 
+class _Network(nn.Module, VAEModules):
+    """The bare modules of a VAE, to read their names and shapes."""
+
+
 def expected_shapes(config: dict) -> dict[Slot, tuple[int, ...]]:
-    """Every slot of the network described by `config` (our config keys), with its tensor shape in our scheme."""
-    channels = list(config["block_out_channels"])
-    layers = config["layers_per_block"]
-    latent = config["latent_channels"]
-    last = len(channels) - 1
-    shapes: dict[Slot, tuple[int, ...]] = {}
-
-    def conv(kind, side, c_in, c_out, size, block=0, layer=0, part=""):
-        shapes[Slot(kind, side, block, layer, part, "weight")] = (c_out, c_in, size, size)
-        shapes[Slot(kind, side, block, layer, part, "bias")] = (c_out,)
-
-    def vector(kind, side, c, block=0, layer=0, part="", name="weight"):
-        shapes[Slot(kind, side, block, layer, part, name)] = (c,)
-
-    def norm(kind, side, c, block=0, layer=0, part=""):
-        vector(kind, side, c, block, layer, part, "weight")
-        vector(kind, side, c, block, layer, part, "bias")
-
-    def residual(kind, side, block, layer, c_in, c_out):
-        norm(kind, side, c_in, block, layer, "norm1")
-        conv(kind, side, c_in, c_out, 3, block, layer, "conv1")
-        norm(kind, side, c_out, block, layer, "norm2")
-        conv(kind, side, c_out, c_out, 3, block, layer, "conv2")
-        if c_in != c_out:
-            conv(kind, side, c_in, c_out, 1, block, layer, "shortcut")
-
-    def mid(side, c):
-        residual("mid_res", side, 0, 0, c, c)
-        residual("mid_res", side, 0, 1, c, c)
-        if config.get("mid_block_add_attention", True):
-            norm("mid_attn", side, c, part="norm")
-            for part in ATTENTION_PROJECTIONS:
-                shapes[Slot("mid_attn", side, 0, 0, part, "weight")] = (c, c)
-                vector("mid_attn", side, c, part=part, name="bias")
-
-    conv("conv_in", "encoder", config["in_channels"], channels[0], 3)
-    c_in = channels[0]
-    for i, c in enumerate(channels):
-        for j in range(layers):
-            residual("down_res", "encoder", i, j, c_in if j == 0 else c, c)
-        if i < last:
-            conv("downsample", "encoder", c, c, 3, block=i)
-        c_in = c
-    mid("encoder", channels[-1])
-    norm("norm_out", "encoder", channels[-1])
-    conv("conv_out", "encoder", channels[-1], 2 * latent, 3)
-
-    if config.get("use_quant_conv", True):
-        conv("quant_conv", "", 2 * latent, 2 * latent, 1)
-    if config.get("use_post_quant_conv", True):
-        conv("post_quant_conv", "", latent, latent, 1)
-
-    reversed_channels = channels[::-1]
-    conv("conv_in", "decoder", latent, reversed_channels[0], 3)
-    mid("decoder", reversed_channels[0])
-    c_in = reversed_channels[0]
-    for i, c in enumerate(reversed_channels):
-        for j in range(layers + 1):
-            residual("up_res", "decoder", i, j, c_in if j == 0 else c, c)
-        if i < last:
-            conv("upsample", "decoder", c, c, 3, block=i)
-        c_in = c
-    norm("norm_out", "decoder", channels[0])
-    conv("conv_out", "decoder", channels[0], config["out_channels"], 3)
-    return shapes
+    """Every slot of the network `config` (its architecture keys) describes, with its tensor shape in our scheme,
+    in the network's order: read off the network itself, built on the meta device (no memory, no arithmetic)."""
+    architecture = {key: config[key] for key in ARCHITECTURE_DEFAULTS if key in config}
+    with torch.device("meta"):
+        network = _Network()
+        network.build_network(**{**ARCHITECTURE_DEFAULTS, **architecture})
+    slots, unknown = parse_keys(network.state_dict(), SCRATCH)
+    assert not unknown, f"the scratch scheme does not spell {unknown}"  # the scheme table must know every module
+    return {slot: tuple(tensor.shape) for slot, tensor in zip(slots.values(), network.state_dict().values())}

@@ -7,10 +7,8 @@ be measured the same way: ``scaling_factor = 1 / std(z)`` over many crops, with 
 ``shift_factor = mean(z)`` and pipelines that apply it (SD3, Flux; not SD 1.x/2.x or SDXL) feed
 ``(z - shift) * scale`` to their model; the std is centred either way, so the scale is the same.
 
-"Never calibrated" rule: a VAE counts as calibrated when its config carries the record
-``calibrate`` writes (``_calibration``), or when its ``scaling_factor`` was set away from the
-0.18215 default (published VAEs such as SDXL's 0.13025). A VAE still at the default with no
-record most likely inherited a number measured on someone else's encoder.
+The calibrated values and the record of how they were measured go into the VAE's config (the
+"never calibrated" rule that reads them is ``latent_space.is_calibrated``).
 """
 
 from __future__ import annotations
@@ -25,12 +23,10 @@ from tqdm.auto import tqdm
 
 import conversion
 
-from .data import BUILTIN, LoadReport, RandomCrops, builtin_photos, find_images, load_images
-
-DEFAULT_SCALING_FACTOR = 0.18215  # CustomAutoencoderKL's (and AutoencoderKL's) constructor default
-# Underscore: diffusers keeps such config keys through save_pretrained/from_pretrained without
-# passing them to __init__, and without warning about unexpected attributes.
-CALIBRATION_KEY = "_calibration"
+from .data import DataOptions, LoadReport, RandomCrops, SourceImages, StreamSource, prepare_images, open_source
+from .image_sources import take
+from .latent_space import CALIBRATION_KEY, is_calibrated  # noqa: F401  (is_calibrated: public here since 0.1)
+from .network import downsampling_factor
 
 
 @dataclass(frozen=True)
@@ -48,27 +44,23 @@ class Calibration:
     latents: str = "sample"  # how z was drawn from the posterior, as pipelines draw it
 
 
-def is_calibrated(config) -> bool:
-    """The rule in the module docstring, for a VAE's config (a model's ``.config`` or a dict)."""
-    return config.get(CALIBRATION_KEY) is not None or config.get("scaling_factor") != DEFAULT_SCALING_FACTOR
-
-
-def _load_all_images(data: str | Path | None, resolution: int) -> tuple[list, str]:
-    """Every readable image (no train/validation split: this measures the encoder, it trains nothing)."""
-    if data is None or str(data) == BUILTIN:
-        train, val = builtin_photos()
-        paths, description = train + val, "built-in photos"
+def _all_images(data: str | Path | None, resolution: int, options: DataOptions, limit: int):
+    """Images to draw crops from: every readable image, no train/validation split (this measures the encoder,
+    it trains nothing). A stream gives its first `limit` images."""
+    source = open_source(data, options)
+    if isinstance(source, StreamSource):
+        report = LoadReport()
+        images = prepare_images(take(source, limit), resolution, report)
+    elif source.cache is not None:
+        report = LoadReport()
+        images = prepare_images((source.image(i) for i in range(len(source))), resolution, report)
+        if report.skipped:
+            warnings.warn(f"{data}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=3)
     else:
-        paths, description = find_images(data), str(data)
-        if not paths:
-            raise ValueError(f"{data}: no images found")
-    report = LoadReport()
-    images = load_images(paths, resolution, report)
-    if not images:
-        raise ValueError(f"{data}: none of the {len(paths)} files could be read as an image")
-    if report.skipped:
-        warnings.warn(f"{data}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=3)
-    return images, f"{description}: {len(images)} images"
+        images = SourceImages(source, list(range(len(source))), resolution)
+    if not len(images):
+        raise ValueError(f"{data or 'the built-in photos'}: no readable images")
+    return images, f"{source.description}: {len(images)} images"
 
 
 @torch.no_grad()
@@ -106,17 +98,19 @@ def calibrate(
     shift: bool = False,
     batch_size: int = 8,
     seed: int = 0,
+    options: DataOptions = DataOptions(),
 ) -> Calibration:
-    """Measure `vae`'s latents on `crops` random crops of the images in `data` (None or "builtin": built-in photos).
+    """Measure `vae`'s latents on `crops` random crops of the images `data` names (as ``train --data`` reads it;
+    None or "builtin": the built-in photos).
 
     `vae` is a ``CustomAutoencoderKL`` or a stock ``AutoencoderKL``: only ``encode`` is used.
     """
     if crops < 1 or batch_size < 1:
         raise ValueError(f"crops and batch_size must be at least 1, got {crops} and {batch_size}")
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = downsampling_factor(vae.config.block_out_channels)
     if resolution % factor:
         raise ValueError(f"resolution {resolution} must be a multiple of the VAE's downsampling factor {factor}")
-    images, description = _load_all_images(data, resolution)
+    images, description = _all_images(data, resolution, options, limit=crops)
     dataset = RandomCrops(images, resolution, seed=seed, flip=False, length=crops)
     batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     generator = torch.Generator(vae.device).manual_seed(seed)

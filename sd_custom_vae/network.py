@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention import AttentionModuleMixin
-from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
 from torch import nn
 
-# LDM's GroupNorm epsilon. torch's default (1e-5) gives visibly different numbers on the same weights.
-GROUP_NORM_EPS = 1e-6
+from .attention import AttentionBlock
+from .norms import group_norm
+
 # diffusers clamps the log-variance to this range before exponentiating; so do we.
 LOGVAR_RANGE = (-30.0, 20.0)
 
@@ -28,27 +27,6 @@ LOGVAR_RANGE = (-30.0, 20.0)
 def downsampling_factor(block_out_channels) -> int:
     """Image side / latent side: every level but the last halves the resolution."""
     return 2 ** (len(block_out_channels) - 1)
-
-
-class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` whose statistics can be supplied from outside.
-
-    Exact tiling normalises each tile with statistics of the whole image; it sets ``statistics`` to an
-    object that computes the normalisation instead (see ``tiling.py``). Keeping this in the class's
-    own ``forward`` (rather than replacing ``forward`` on the instance) leaves hooks that wrap the
-    instance's forward (offloading, casting) in place.
-    """
-
-    statistics = None  # set per instance by tiling while it runs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.statistics is not None:
-            return self.statistics.normalize(self, x)
-        return super().forward(x)
-
-
-def group_norm(channels: int, groups: int) -> GroupNorm:
-    return GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
 
 
 class ResidualBlock(nn.Module):
@@ -81,78 +59,6 @@ class ResidualBlock(nn.Module):
         h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
         skip = x if self.shortcut is None else self.shortcut(x)
         return h.add_(skip) if inplace else skip + h
-
-
-class AttentionBlockProcessor:
-    """The default computation of an ``AttentionBlock``: one head of SDPA over the H·W positions.
-
-    Same arithmetic as diffusers' ``AttnProcessor2_0`` on a VAE attention block, plus an in-place
-    residual sum without autograd; uses the fused ``to_qkv`` projection after ``fuse_projections()``.
-    """
-
-    def __call__(self, attn: "AttentionBlock", hidden_states: torch.Tensor, encoder_hidden_states=None,
-                 attention_mask=None, temb=None) -> torch.Tensor:
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("a VAE attention block is self-attention without a mask")
-        x = hidden_states
-        batch, channels, height, width = x.shape
-        tokens = attn.norm(x).flatten(2).transpose(1, 2)  # (batch, H·W, channels)
-        if attn.fused_projections:
-            q, k, v = attn.to_qkv(tokens).unsqueeze(1).chunk(3, dim=-1)
-        else:
-            # A head axis of size one: SDPA's fused kernels want (batch, heads, tokens, dim).
-            q, k, v = (proj(tokens).unsqueeze(1) for proj in (attn.query, attn.key, attn.value))
-        attended = F.scaled_dot_product_attention(q, k, v).squeeze(1)
-        out = attn.out(attended).transpose(1, 2).reshape(batch, channels, height, width)
-        # `out` is a channels-last view; with it first, the sum (and the convs after it) stay channels-last,
-        # which is both faster on CPU and the exact arithmetic diffusers does.
-        return out.add_(x) if not torch.is_grad_enabled() else out + x
-
-
-class AttentionBlock(nn.Module, AttentionModuleMixin):
-    """Single-head self-attention over the H·W positions of a feature map, with a residual connection.
-
-    The computation is a swappable *processor*, as in diffusers (``set_processor``, ``fuse_projections``).
-    Besides ours, diffusers' own ``AttnProcessor``, ``AttnProcessor2_0`` and ``FusedAttnProcessor2_0``
-    run on it: the attributes below are what they read from an ``Attention`` module, spelled in their
-    terms for one self-attention head with a residual.
-    """
-
-    _default_processor_cls = AttentionBlockProcessor
-    _available_processors = [AttentionBlockProcessor, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0]
-
-    heads = 1
-    residual_connection = True
-    rescale_output_factor = 1.0
-    upcast_attention = False
-    upcast_softmax = True  # as diffusers builds the VAE's attention
-    is_cross_attention = False
-    use_bias = True
-    spatial_norm = norm_q = norm_k = norm_cross = None
-    head_to_batch_dim = Attention.head_to_batch_dim
-    batch_to_head_dim = Attention.batch_to_head_dim
-    get_attention_scores = Attention.get_attention_scores
-    prepare_attention_mask = Attention.prepare_attention_mask
-
-    def __init__(self, channels: int, groups: int):
-        super().__init__()
-        self.norm = group_norm(channels, groups)
-        self.query = nn.Linear(channels, channels)
-        self.key = nn.Linear(channels, channels)
-        self.value = nn.Linear(channels, channels)
-        self.out = nn.Linear(channels, channels)
-        self.scale = channels**-0.5
-        self.set_processor(AttentionBlockProcessor())
-
-    # diffusers' names for the same modules (properties: they add no state-dict entries)
-    group_norm = property(lambda self: self.norm)
-    to_q = property(lambda self: self.query)
-    to_k = property(lambda self: self.key)
-    to_v = property(lambda self: self.value)
-    to_out = property(lambda self: (self.out, nn.Identity()))  # (projection, dropout) as processors index it
-
-    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.processor(self, x, **kwargs)
 
 
 class Downsample(nn.Module):

@@ -22,11 +22,9 @@ from .evaluation import teacher_agreement
 from .losses import VAELoss
 from .network import LOGVAR_RANGE, reparameterize
 from .scratch_vae import ScratchVAE
+from .latent_space import inherited
 from .train_config import TrainConfig
 
-MODES = ("scratch", "decoder-finetune", "distill")
-# Latent-space settings a student inherits so that pipelines scale its latents as the teacher's.
-LATENT_SPACE = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast", "_calibration")
 
 
 @dataclass
@@ -54,9 +52,9 @@ def student_architecture(teacher: dict, width: float) -> dict:
 
 
 class Objective:
-    """From scratch: the course's VAE objective, reconstruction + β·KL."""
+    """What a mode trains: the network it builds, how it prepares it, the loss terms of a step, its metrics."""
 
-    mode = "scratch"
+    mode: str
 
     def __init__(self, config: TrainConfig, loss: VAELoss):
         self.config, self.loss = config, loss
@@ -69,8 +67,7 @@ class Objective:
 
     def terms(self, model, images: torch.Tensor, step: int, noise: torch.Generator, last_layer) -> StepOutput:
         """The loss terms of one micro-step at optimizer step `step`; `noise` draws the latent samples."""
-        reconstruction, mean, logvar = model(images, generator=noise)
-        return StepOutput(self.loss.vae_terms(images, reconstruction, mean, logvar, step, last_layer), reconstruction)
+        raise NotImplementedError
 
     @torch.no_grad()
     def metrics(self, vae: ScratchVAE, crops: torch.Tensor) -> dict:
@@ -82,6 +79,16 @@ class Objective:
         return {}
 
 
+class FromScratch(Objective):
+    """A new VAE: the course's objective, reconstruction + β·KL."""
+
+    mode = "scratch"
+
+    def terms(self, model, images: torch.Tensor, step: int, noise: torch.Generator, last_layer) -> StepOutput:
+        reconstruction, mean, logvar = model(images, generator=noise)
+        return StepOutput(self.loss.vae_terms(images, reconstruction, mean, logvar, step, last_layer), reconstruction)
+
+
 class TeacherObjective(Objective):
     def __init__(self, config: TrainConfig, loss: VAELoss, teacher: CustomAutoencoderKL, device: torch.device):
         super().__init__(config, loss)
@@ -90,7 +97,7 @@ class TeacherObjective(Objective):
         self.shift = teacher.config.shift_factor or 0.0
 
     def latent_space(self) -> dict:
-        return {k: self.teacher_config[k] for k in LATENT_SPACE if self.teacher_config.get(k) is not None}
+        return inherited(self.teacher_config)
 
     @torch.no_grad()
     def teacher_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,10 +118,8 @@ class DecoderFinetune(TeacherObjective):
 
     def prepare(self, vae: ScratchVAE) -> None:
         teacher_weights = self.teacher.state_dict()
-        if self.config.decoder_init == "scratch":  # keep the fresh decoder, take only the encoder side
+        if self.config.decoder_init == "scratch":  # keep the fresh (random) decoder, take only the encoder side
             teacher_weights = {k: v for k, v in teacher_weights.items() if not k.startswith(("decoder.", "post_quant_conv."))}
-        elif self.config.decoder_init != "teacher":
-            raise ValueError(f"decoder_init must be 'teacher' or 'scratch', got {self.config.decoder_init!r}")
         vae.load_state_dict(teacher_weights, strict=False)
         vae.encoder.requires_grad_(False)
         if vae.quant_conv is not None:
@@ -161,15 +166,14 @@ class Distill(TeacherObjective):
 
 
 def make_objective(config: TrainConfig, loss: VAELoss, device: torch.device) -> Objective:
-    if config.mode not in MODES:
-        raise ValueError(f"unknown mode {config.mode!r}; expected one of {MODES}")
+    """The objective of `config.mode` (one of ``MODES``, checked by ``TrainConfig.validate``)."""
     if config.mode == "scratch":
         if config.teacher:
             raise ValueError("a teacher is only used by --mode decoder-finetune or distill")
-        return Objective(config, loss)
+        return FromScratch(config, loss)
     if not config.teacher:
         raise ValueError(f"--mode {config.mode} needs --teacher PATH (any VAE checkpoint or folder)")
     from .loading import load_vae
 
-    teacher = load_vae(config.teacher, dtype=torch.float32)
+    teacher = load_vae(config.teacher, dtype=torch.float32, subfolder=config.teacher_subfolder)
     return (DecoderFinetune if config.mode == "decoder-finetune" else Distill)(config, loss, teacher, device)

@@ -121,3 +121,35 @@ class STLPIPS(nn.Module):
             fb = fb / (fb.square().sum(1, keepdim=True).sqrt() + 1e-10)
             distance = distance + getattr(self, f"lin{i}")((fa - fb).square()).mean([2, 3])
         return distance.flatten()
+
+
+class _LPIPS(nn.Module):
+    """The original LPIPS (AlexNet, v0.1) as ``lpips`` ships it: one distance per image."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.model(a, b).flatten()
+
+
+def original_lpips() -> nn.Module | None:
+    """The original LPIPS when it can run offline: the ``lpips`` package (which needs torchvision) and its AlexNet
+    backbone already in torch's hub cache. None otherwise (nothing is downloaded)."""
+    try:
+        import lpips  # imports torchvision, which may not import beside this torch
+    except Exception:  # noqa: BLE001 - any failure means: not available here
+        return None
+    cached = Path(torch.hub.get_dir(), "checkpoints", "alexnet-owt-7be5be79.pth")
+    if not cached.exists():
+        return None
+    return _LPIPS(lpips.LPIPS(net="alex", verbose=False))
+
+
+def perceptual_distance() -> tuple[str, nn.Module] | None:
+    """(metric name, distance module): the original LPIPS where available, else ST-LPIPS, else None."""
+    model = original_lpips()
+    if model is not None:
+        return "lpips", model
+    return ("st_lpips", STLPIPS()) if available() else None

@@ -23,8 +23,9 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.image_processor import VaeImageProcessor
 
 from .autoencoder_kl import CustomAutoencoderKL
-from .calibrate import DEFAULT_SCALING_FACTOR, is_calibrated
-from .loading import existing_path, load_vae
+from .latent_space import DEFAULT_SCALING_FACTOR, is_calibrated
+from .loading import load_vae
+from .model_sources import locate
 
 SCALE_TOLERANCE = 0.10  # relative difference from the pipeline's own VAE beyond which we warn
 # from_pretrained keywords that say where and which version of a Hub repo to read
@@ -141,13 +142,13 @@ def load_pipeline(
 ):
     """``pipeline_cls.from_pretrained(model, vae=vae, **kwargs)``, after checking that the VAE fits.
 
-    `model` is a pipeline folder or Hub id; `vae` a ``CustomAutoencoderKL``, a model folder or a
-    checkpoint file. A loaded VAE comes in ``dtype`` (default float32, as the other components);
+    `model` is a pipeline folder or Hub id; `vae` a ``CustomAutoencoderKL``, a model folder, a checkpoint file
+    or a Hub name (``ORG/NAME[@REVISION]``). A loaded VAE comes in ``dtype`` (default float32, as the other components);
     a passed model is cast only when ``dtype`` (or the older ``torch_dtype``) is given. The checks
     read only config files, so a bad combination fails before the pipeline's weights are loaded.
     """
     if isinstance(vae, (str, os.PathLike)):
-        existing_path(vae)  # before anything is read
+        locate(vae)  # before anything is read: a missing file fails now
     hub_kwargs = {key: kwargs[key] for key in _HUB_KEYWORDS if key in kwargs}
     model_index = _read_model_index(model, hub_kwargs)
     _check_takes_vae(pipeline_cls, model, model_index)

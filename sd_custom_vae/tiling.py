@@ -1,238 +1,275 @@
-"""Tiled encode and decode that give the untiled result, at bounded memory.
+"""Tiled encode and decode that give the untiled result, at bounded memory, at nearly untiled speed.
 
-Tiling a VAE is easy for its convolutions (give each tile a halo as wide as their reach) and
-hard for its GroupNorms, whose mean and variance span the whole image: diffusers normalises
-every tile with its own statistics, so tiles come out in slightly different tones. Here every
-GroupNorm gets the statistics of the whole image:
+Tiling a VAE is easy for its convolutions (give each tile a halo as wide as their reach) and hard
+for its GroupNorms, whose mean and variance span the whole image: diffusers normalises every tile
+with its own statistics, so tiles come out in slightly different tones. Here the network runs one
+*stage* at a time over the whole image, each stage tile by tile:
 
-1. The network is a sequence of *stages* (residual blocks, up/downsamplers, ...). An activation
-   between stages is kept whole in memory only if it is at most ``max_buffer_bytes``; the stages
-   between two kept activations form a *segment*.
-2. A segment runs over tiles of its input, each with a halo wider than the segment's reach.
-   Its first GroupNorm has no statistics yet: a pass over the tiles adds up, in float64, the sum
-   and sum of squares of that GroupNorm's input over each tile's core (each pixel is in exactly one
-   core), then stops the tile. The next pass uses those statistics and collects the next
-   GroupNorm's, and so on; the last pass writes the segment's output.
-3. A stage with attention (the mid block) sees every position at once; it runs untiled, at the
+1. The stages are the network's own (``Encoder.stages()``/``Decoder.stages()``, levels opened into
+   their residual blocks and resampler), each residual block split in its two halves
+   (``ResidualBlock.start``/``finish``), so that a stage opens with at most one GroupNorm, applied
+   to a stored activation.
+2. Every activation between stages is stored whole: in memory while it fits the budget, else in a
+   file on disk (written and read tile by tile, so it never sits in the process's memory). While a
+   stage writes its output, the per-group sums that the next GroupNorm needs are added up (float64),
+   so that GroupNorm normalises every tile with the statistics of the whole image.
+3. Each tile reads its input with a halo as wide as the stage's reach, runs the stage's modules on
+   it, and keeps the core: every convolution is computed once, no activation is recomputed.
+4. A stage with attention (the mid block) sees every position at once; it runs untiled, at the
    lowest resolution, where it is small.
 
-So the output matches the untiled network to float rounding, memory stays near two kept
-activations plus one tile's working set, and the price is recomputation inside segments whose
-intermediate activations were too big to keep. Tiling is for inference: it runs without autograd.
+So the output matches the untiled network to float rounding; memory stays near the budget (the stored
+activations that fit, plus one tile's working set); time is the untiled time plus halos and disk I/O.
+Tiling is for inference: it runs without autograd. The modules are called as the network calls them,
+so hooks on them (CPU or leaf-level group offload, layerwise casting) keep working.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .network import Decoder, Downsample, Encoder, GroupNorm, Head, Level, ResidualBlock, UNetMidBlock2D, Upsample, check_input
+from .network import Decoder, Downsample, Encoder, Head, Level, ResidualBlock, UNetMidBlock2D, Upsample
+from .norms import GroupNorm
+
+DEFAULT_MAX_MEMORY = 2 << 30  # bytes of activations (stored and working) a tiled call may hold
 
 
 @dataclass(frozen=True)
 class TilingConfig:
-    tile_size: int = 512  # tile side in image pixels
-    max_buffer_bytes: int = 1 << 30  # an intermediate activation larger than this is recomputed, not kept
+    tile_size: int = 512  # tiling starts above this image side (diffusers: config.sample_size)
+    max_memory: int = DEFAULT_MAX_MEMORY  # activations kept in memory, plus a tile's working set
+    spill_dir: str | None = None  # where activations that do not fit go (default: the system's temporary folder)
 
-    def with_overrides(self, tile_size: int | None, max_buffer_bytes: int | None) -> "TilingConfig":
-        config = replace(
-            self,
-            tile_size=self.tile_size if tile_size is None else tile_size,
-            max_buffer_bytes=self.max_buffer_bytes if max_buffer_bytes is None else max_buffer_bytes,
-        )
-        if config.tile_size < 8 or config.max_buffer_bytes < 1:
-            raise ValueError(f"tile_size must be >= 8 and max_buffer_bytes >= 1, got {config}")
+    def with_overrides(self, **overrides) -> "TilingConfig":
+        config = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        if config.tile_size < 8 or config.max_memory < (1 << 20):
+            raise ValueError(f"tile_size must be at least 8 and max_memory at least 1 MiB, got {config}")
         return config
 
 
-@dataclass
-class _Stage:
-    module: nn.Module
-    scale: float  # output resolution / input resolution
-    reach: int  # how many input pixels beyond a pixel can change it (None-like -1: everything)
-    out_channels: int
+# -- stored activations ---------------------------------------------------------------------------------
+
+
+class Store:
+    """One activation (N, C, H, W), whole: a tensor in memory, or a file on disk laid out (N, H, W, C) so that a
+    tile's row of pixels is one contiguous read. Collects per-group sums for the GroupNorm that reads it."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, groups: int, in_memory: bool, spill_dir: str | None):
+        self.shape, self.dtype, self.groups = shape, dtype, groups
+        self.sums = torch.zeros(shape[0], groups, 3, dtype=torch.float64)  # count, sum, sum of squares
+        self.tensor = torch.empty(shape, dtype=dtype) if in_memory else None
+        self.file = None
+        if not in_memory:
+            self.file = tempfile.TemporaryFile(dir=spill_dir)  # gone when closed, even after a crash
+            self.file.truncate(math.prod(shape) * dtype.itemsize)
 
     @property
-    def is_global(self) -> bool:
-        return self.reach < 0
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def write(self, y0: int, x0: int, tile: torch.Tensor) -> None:
+        n, c, h, w = tile.shape
+        if c % self.groups == 0:  # only such activations can feed a GroupNorm (images and latents cannot)
+            values = tile.reshape(n, self.groups, -1).double()
+            self.sums += torch.stack([torch.full_like(values[..., 0], values.shape[-1]), values.sum(-1),
+                                      values.square().sum(-1)], -1)
+        if self.tensor is not None:
+            self.tensor[:, :, y0 : y0 + h, x0 : x0 + w] = tile
+            return
+        _, _, height, width = self.shape
+        rows = tile.permute(0, 2, 3, 1).contiguous().numpy()  # (N, h, w, C)
+        for b in range(n):
+            for r in range(h):
+                self.file.seek(((b * height + y0 + r) * width + x0) * c * self.dtype.itemsize)
+                self.file.write(rows[b, r].tobytes())
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor[:, :, y0:y1, x0:x1]
+        n, c, height, width = self.shape
+        out = torch.empty(n, y1 - y0, x1 - x0, c, dtype=self.dtype)
+        view = out.numpy()
+        for b in range(n):
+            for r in range(y1 - y0):
+                self.file.seek(((b * height + y0 + r) * width + x0) * c * self.dtype.itemsize)
+                self.file.readinto(memoryview(view[b, r]).cast("B"))
+        return out.permute(0, 3, 1, 2)
+
+    def whole(self) -> torch.Tensor:
+        return self.tensor if self.tensor is not None else self.read(0, self.shape[2], 0, self.shape[3]).contiguous()
+
+    def statistics(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1/std) per sample and group, as GroupNorm computes them over the whole activation."""
+        count, total, squares = self.sums.unbind(-1)
+        mean = total / count
+        return mean, torch.rsqrt((squares / count - mean.square()).clamp_min(0) + eps)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.tensor = self.file = None
 
 
-def _stage(module: nn.Module) -> _Stage:
-    if isinstance(module, UNetMidBlock2D):
-        return _Stage(module, 1.0, -1, module.res2.conv2.out_channels)
+class WholeImageStatistics:
+    """Set as a GroupNorm's ``statistics`` while a stage runs: normalise each tile with the statistics of the
+    whole activation the GroupNorm reads (``source``); ``None`` lets the GroupNorm compute its own (untiled)."""
+
+    def __init__(self, source: Store | None):
+        self.source = source
+
+    def normalize(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        if self.source is None:
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        mean, rstd = self.source.statistics(norm.eps)
+        per_channel = x.shape[1] // norm.num_groups
+        # (x - mean) * rstd * weight + bias, folded into one per-channel scale and shift
+        scale = rstd.repeat_interleave(per_channel, dim=1) * norm.weight.double()
+        shift = norm.bias.double() - mean.repeat_interleave(per_channel, dim=1) * scale
+        return torch.addcmul(shift[..., None, None].to(x.dtype), x, scale[..., None, None].to(x.dtype))
+
+
+# -- stages -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One step of the network over whole activations: `run(*tiles)` on crops of its inputs (the first input
+    feeds its GroupNorm, if it has one), each with `halo` (before, after) input pixels of context."""
+
+    run: object
+    inputs: int  # how many stored activations it reads: the previous one, and for `finish` the block's input too
+    norm: nn.GroupNorm | None  # the GroupNorm at its start, normalising its first input
+    scale: float  # output size / input size
+    halo: tuple[int, int]
+    out_channels: int
+    whole: bool = False  # attention: run on the whole activation at once
+    keeps_input: bool = False  # a residual block's first half: the block's input is read again by the second
+
+
+def _stages(network: Encoder | Decoder) -> list[Stage]:
+    stages = []
+    for module in network.stages():
+        for part in (module.stages() if isinstance(module, Level) else [module]):
+            stages += _split(part)
+    return stages
+
+
+def _split(module: nn.Module) -> list[Stage]:
     if isinstance(module, ResidualBlock):
-        return _Stage(module, 1.0, 2, module.conv2.out_channels)
+        return [
+            Stage(module.start, 1, module.norm1, 1.0, (1, 1), module.conv1.out_channels, keeps_input=True),
+            # finish(x, h): its GroupNorm normalises h (the first tile given), the shortcut reads the block's input
+            Stage(lambda h, x, block=module: block.finish(x, h), 2, module.norm2, 1.0, (1, 1), module.conv2.out_channels),
+        ]
+    if isinstance(module, UNetMidBlock2D):
+        return [Stage(module, 1, None, 1.0, (0, 0), module.res2.conv2.out_channels, whole=True)]
     if isinstance(module, Upsample):
-        return _Stage(module, 2.0, 1, module.conv.out_channels)
-    if isinstance(module, Downsample):
-        return _Stage(module, 0.5, 2, module.conv.out_channels)
-    if isinstance(module, nn.Conv2d):
-        return _Stage(module, 1.0, module.kernel_size[0] // 2, module.out_channels)
+        return [Stage(module, 1, None, 2.0, (1, 1), module.conv.out_channels)]
+    if isinstance(module, Downsample):  # pads right and bottom only, then a stride-2 3×3 conv
+        return [Stage(module, 1, None, 0.5, (0, 1), module.conv.out_channels)]
     if isinstance(module, Head):
-        return _Stage(module, 1.0, 1, module.out_channels)
+        return [Stage(module, 1, module.parts[0], 1.0, (1, 1), module.out_channels)]
+    if isinstance(module, nn.Conv2d):
+        reach = module.kernel_size[0] // 2
+        return [Stage(module, 1, None, 1.0, (reach, reach), module.out_channels)]
     raise TypeError(f"no tiling rule for {type(module).__name__}")
 
 
-def network_stages(network: Encoder | Decoder) -> list[_Stage]:
-    """The network's stages with each level opened up into its residual blocks and resampler."""
-    modules = [m for stage in network.stages() for m in (stage.stages() if isinstance(stage, Level) else [stage])]
-    return [_stage(m) for m in modules]
+# -- running them ------------------------------------------------------------------------------------------
 
 
-def plan_segments(stages: list[_Stage], shape: tuple[int, ...], itemsize: int, budget: int) -> list[list[_Stage]]:
-    """Split stages into segments; a segment ends where its output is small enough to keep whole."""
-    batch, _, height, width = shape
-    segments, current = [], []
-    scale = 1.0
-    for index, stage in enumerate(stages):
-        if stage.is_global:  # its input and output are kept whole, whatever they weigh
-            if current:
-                segments.append(current)
-                current = []
-            segments.append([stage])
-            scale *= stage.scale
-            continue
-        current.append(stage)
-        scale *= stage.scale
-        out_bytes = batch * stage.out_channels * height * scale * width * scale * itemsize
-        if out_bytes <= budget or index == len(stages) - 1:
-            segments.append(current)
-            current = []
-    return segments
+class _Runner:
+    def __init__(self, network: Encoder | Decoder, config: TilingConfig, tile: int, x: torch.Tensor, groups: int):
+        self.network, self.config, self.tile, self.groups = network, config, tile, groups
+        self.dtype, self.device = x.dtype, x.device  # stores live in host memory or on disk, tiles run on the device
+        self.in_memory = 0  # bytes of stores held in memory
 
+    def store(self, shape: tuple[int, ...]) -> Store:
+        nbytes = math.prod(shape) * self.dtype.itemsize
+        # half the budget for stores kept in memory, the other half for a tile's working set
+        in_memory = self.in_memory + nbytes <= self.config.max_memory // 2
+        self.in_memory += nbytes if in_memory else 0
+        return Store(shape, self.dtype, self.groups, in_memory, self.config.spill_dir)
 
-class _StopTile(Exception):
-    """Raised inside a tile once the GroupNorm whose statistics are being gathered has seen its core."""
+    def release(self, store: Store) -> None:
+        if store.tensor is not None:
+            self.in_memory -= store.nbytes
+        store.close()
 
-
-class _GlobalGroupNorm:
-    """Set as each GroupNorm's ``statistics``: normalise with whole-image statistics, or gather them."""
-
-    def __init__(self) -> None:
-        self.stats: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.collecting: nn.GroupNorm | None = None
-        self.sums: torch.Tensor | None = None  # (batch, groups, 3): count, sum, sum of squares
-        # the current tile's core as fractions of its crop (top, bottom, left, right): the same at every resolution
-        self.core_fraction = (0.0, 1.0, 0.0, 1.0)
-        self.untiled = False  # inside a global stage every GroupNorm sees the whole image anyway
-
-    def normalize(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        groups = norm.num_groups
-        if self.untiled:
-            return F.group_norm(x, groups, norm.weight, norm.bias, norm.eps)
-        if norm in self.stats:
-            # (x - mean) * rstd * weight + bias, folded into one per-channel scale and shift
-            mean, rstd = self.stats[norm]
-            per_channel = channels // groups
-            scale = rstd.repeat_interleave(per_channel, dim=1) * norm.weight.double()
-            shift = norm.bias.double() - mean.repeat_interleave(per_channel, dim=1) * scale
-            return torch.addcmul(shift[..., None, None].to(x.dtype), x, scale[..., None, None].to(x.dtype))
-        if self.collecting is None or self.collecting is norm:
-            top, bottom, left, right = self.core_fraction
-            core = x[:, :, round(top * height) : round(bottom * height), round(left * width) : round(right * width)]
-            values = core.reshape(batch, groups, -1).double()
-            sums = torch.stack(
-                [torch.full_like(values[..., 0], values.shape[-1]), values.sum(-1), values.square().sum(-1)], -1
-            )
-            self.sums = sums if self.sums is None else self.sums + sums
-            self.collecting = norm
-            raise _StopTile
-        raise RuntimeError("GroupNorm reached out of order while gathering statistics")
-
-    def finish_collecting(self, eps_of: nn.GroupNorm) -> None:
-        count, total, squares = self.sums.unbind(-1)
-        mean = total / count
-        var = (squares / count - mean.square()).clamp_min(0)
-        self.stats[self.collecting] = (mean, torch.rsqrt(var + eps_of.eps))
-        self.collecting, self.sums = None, None
-
-
-def _run_segment(
-    segment: list[_Stage], x: torch.Tensor, tile: int, norms: _GlobalGroupNorm
-) -> torch.Tensor:
-    """Run `segment` over tiles of `x` (tile side `tile`, in `x`'s pixels), gathering GroupNorm statistics first."""
-    scales = [1.0]
-    for stage in segment:
-        scales.append(scales[-1] * stage.scale)
-    # Every tile boundary must land on whole pixels at the segment's coarsest resolution.
-    align = int(round(1 / min(scales)))
-    reach = sum(stage.reach / s for stage, s in zip(segment, scales))
-    halo = align * math.ceil(math.ceil(reach) / align)
-    tile = max(align, tile // align * align)
-    out_scale = scales[-1]
-    height, width = x.shape[-2:]
-
-    def run(crop: torch.Tensor) -> torch.Tensor:
-        for stage in segment:
-            crop = stage.module(crop)
-        return crop
-
-    out = None
-    while True:
-        for top in range(0, height, tile):
-            for left in range(0, width, tile):
-                bottom, right = min(top + tile, height), min(left + tile, width)
-                y0, y1 = max(0, top - halo), min(height, bottom + halo)
-                x0, x1 = max(0, left - halo), min(width, right + halo)
-                crop_h, crop_w = y1 - y0, x1 - x0
-                norms.core_fraction = (
-                    (top - y0) / crop_h, (bottom - y0) / crop_h, (left - x0) / crop_w, (right - x0) / crop_w
-                )
-                try:
-                    result = run(x[:, :, y0:y1, x0:x1])
-                except _StopTile:
-                    continue
-                if out is None:
-                    out_shape = (x.shape[0], result.shape[1], int(height * out_scale), int(width * out_scale))
-                    out = torch.empty(out_shape, dtype=result.dtype, device=result.device)
-                core = result[
-                    :, :,
-                    int((top - y0) * out_scale) : int((bottom - y0) * out_scale),
-                    int((left - x0) * out_scale) : int((right - x0) * out_scale),
-                ]
-                out[:, :, int(top * out_scale) : int(bottom * out_scale), int(left * out_scale) : int(right * out_scale)] = core
-        if norms.collecting is None:
+    def run_stage(self, stage: Stage, inputs: list[Store]) -> Store:
+        n, _, height, width = inputs[0].shape
+        out_h, out_w = int(height * stage.scale), int(width * stage.scale)
+        out = self.store((n, stage.out_channels, out_h, out_w))
+        if stage.whole:
+            out.write(0, 0, stage.run(inputs[0].whole().to(self.device)).cpu())
             return out
-        norms.finish_collecting(norms.collecting)
+        step = self.tile if stage.scale <= 1 else self.tile * int(stage.scale)  # whole input pixels per tile
+        before, after = stage.halo
+        for oy in range(0, out_h, step):
+            for ox in range(0, out_w, step):
+                oy1, ox1 = min(oy + step, out_h), min(ox + step, out_w)
+                # the input region these output pixels come from, with the stage's halo, inside the image
+                iy0, ix0 = max(0, int(oy / stage.scale) - before), max(0, int(ox / stage.scale) - before)
+                iy1 = min(height, math.ceil(oy1 / stage.scale) + after)
+                ix1 = min(width, math.ceil(ox1 / stage.scale) + after)
+                result = stage.run(*(store.read(iy0, iy1, ix0, ix1).to(self.device) for store in inputs))
+                ry, rx = oy - int(iy0 * stage.scale), ox - int(ix0 * stage.scale)
+                out.write(oy, ox, result[:, :, ry : ry + oy1 - oy, rx : rx + ox1 - ox].cpu())
+        return out
 
-
-def _run(stages: list[_Stage], network: nn.Module, x: torch.Tensor, tile_in_pixels: float, config: TilingConfig):
-    segments = plan_segments(stages, tuple(x.shape), x.element_size(), config.max_buffer_bytes)
-    norms = _GlobalGroupNorm()
-    group_norms = [m for m in network.modules() if isinstance(m, GroupNorm)]
-    for norm in group_norms:
-        norm.statistics = norms
-    try:
-        with torch.no_grad():
-            scale = 1.0
-            for segment in segments:
-                if segment[0].is_global:
-                    norms.untiled = True
-                    x = segment[0].module(x)
-                    norms.untiled = False
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        norms = [m for m in self.network.modules() if isinstance(m, GroupNorm)]
+        current = self.store(tuple(x.shape))
+        current.write(0, 0, x.cpu())
+        block_input = None  # a residual block's input, kept until its second half has run
+        try:
+            for stage in _stages(self.network):
+                statistics = WholeImageStatistics(None if stage.whole else current)
+                for norm in norms:
+                    norm.statistics = statistics
+                inputs = [current] if stage.inputs == 1 else [current, block_input]
+                output = self.run_stage(stage, inputs)
+                if stage.keeps_input:
+                    block_input = current
                 else:
-                    tile = max(1, int(tile_in_pixels * scale))
-                    x = _run_segment(segment, x, tile, norms)
-                for stage in segment:
-                    scale *= stage.scale
-        return x
-    finally:
-        for norm in group_norms:
-            del norm.statistics
+                    for store in {id(s): s for s in inputs}.values():
+                        self.release(store)
+                    block_input = None
+                current = output
+            return current.whole().to(self.device, copy=True)
+        finally:
+            for norm in norms:
+                norm.__dict__.pop("statistics", None)
+            for store in (current, block_input):
+                if store is not None:
+                    store.close()
+
+
+def _tile_side(network: nn.Module, n: int, tile_size_pixels: int, config: TilingConfig) -> int:
+    """A tile side (in the activation's pixels at full resolution) whose working set fits half the budget."""
+    widest = max(m.out_channels for m in network.modules() if isinstance(m, nn.Conv2d))
+    working = 6 * n * widest * 4  # bytes per tile pixel: input crop, norm, activation, conv output, phases
+    side = int(math.sqrt(max(1, config.max_memory // 2 // working)))
+    return max(16, min(tile_size_pixels, side) // 8 * 8)
+
+
+def _run(network: Encoder | Decoder, x: torch.Tensor, config: TilingConfig, tile_size_pixels: int) -> torch.Tensor:
+    groups = next(m.num_groups for m in network.modules() if isinstance(m, GroupNorm))
+    with torch.no_grad():
+        return _Runner(network, config, _tile_side(network, x.shape[0], tile_size_pixels, config), x, groups).run(x)
 
 
 def tiled_encode(encoder: Encoder, x: torch.Tensor, config: TilingConfig) -> torch.Tensor:
-    """``encoder(x)`` computed tile by tile; same result to float rounding."""
-    check_input(x, encoder.in_channels, encoder.downsampling_factor, "image")
-    return _run(network_stages(encoder), encoder, x, config.tile_size, config)
+    """``encoder(x)`` computed stage by stage, tile by tile; the same result to float rounding."""
+    return _run(encoder, x, config, config.tile_size)
 
 
 def tiled_decode(decoder: Decoder, z: torch.Tensor, config: TilingConfig) -> torch.Tensor:
-    """``decoder(z)`` computed tile by tile; same result to float rounding."""
-    check_input(z, decoder.latent_channels, 1, "latents")
-    return _run(network_stages(decoder), decoder, z, config.tile_size / decoder.upsampling_factor, config)
+    """``decoder(z)`` computed stage by stage, tile by tile; the same result to float rounding."""
+    return _run(decoder, z, config, config.tile_size)

@@ -46,14 +46,28 @@ class TrainConfig:
     # -- what is trained (see objectives.py) --
     mode: str = setting("scratch", "scratch, or train against --teacher so a pretrained UNet understands the latents", choices=MODES)
     teacher: str | None = setting(None, "the VAE whose latent space to keep: a folder, a checkpoint file or a Hub repo id")
+    teacher_subfolder: str | None = setting(None, "folder of the teacher inside its repo or folder (e.g. vae)")
     decoder_init: str = setting("teacher", "decoder-finetune: start from the teacher's decoder or from scratch", choices=("teacher", "scratch"))
     student_width: float = setting(0.25, "distill: student channels as a fraction of the teacher's", above=0.0, at_most=1.0)
     latent_weight: float = setting(1.0, "distill: weight of matching the teacher's latents", at_least=0.0)
     # -- the network: ScratchVAE keywords (taken from the teacher in decoder-finetune) --
     model: dict = setting({}, "ScratchVAE keywords (block_out_channels, layers_per_block, ...)", flag=False)
     # -- data --
-    data: str | None = setting(None, "folder of images (searched recursively); default: the built-in photos")
+    data: str | None = setting(
+        None, "image folder, 🤗 dataset (Hub ORG/NAME, save_to_disk folder, parquet/arrow files) or WebDataset "
+        "shards (path, glob, {000..099} pattern, URLs); default: the built-in photos"
+    )
+    data_split: str = setting("train", "split of a 🤗 dataset to read")
+    data_revision: str | None = setting(None, "revision (branch, tag or commit) of a Hub dataset")
+    image_column: str | None = setting(None, "dataset column holding the images (default: the one of Image type)")
+    streaming: bool = setting(False, "stream a 🤗 dataset rather than download it whole (WebDataset shards always stream)")
+    num_workers: int = setting(0, "DataLoader processes that decode and crop images (0: the training process does)", at_least=0)
     resolution: int = setting(64, "training crop side in pixels", at_least=8)
+    final_resolution: int | None = setting(
+        None, "train the last --final-fraction of the steps on crops this large (fewer per batch, as many pixels)",
+        at_least=8,
+    )
+    final_fraction: float = setting(0.2, "share of the steps trained at --final-resolution", above=0.0, below=1.0)
     eval_resolution: int | None = setting(None, "validation crop side in pixels (default: --resolution)", at_least=8)
     val_fraction: float = setting(0.1, "share of a user folder held out for validation", above=0.0, below=1.0)
     eval_crops_per_image: int = setting(4, "validation crops per held-out image (centre, then towards the corners)", at_least=1, at_most=5)
@@ -68,8 +82,13 @@ class TrainConfig:
     adam_betas: tuple[float, float] = setting((0.9, 0.99), "AdamW betas", flag=False)
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off)", at_least=0.0)
     ema_decay: float = setting(0.0, "exponential moving average of weights (0 = off)", at_least=0.0, below=1.0)
-    mixed_precision: str = setting("no", "no, fp16 or bf16, where the device supports it", choices=("no", "fp16", "bf16"))
+    mixed_precision: str = setting(
+        "no", "no, fp16 (a GPU's, with loss scaling), bf16, or auto: bf16 where the device computes it natively",
+        choices=("no", "fp16", "bf16", "auto"),
+    )
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, more time")
+    channels_last: bool = setting(False, "keep activations channels-last (NHWC): faster convolutions on most GPUs")
+    compile: bool = setting(False, "torch.compile the model (the compile time is reported apart)")
     seed: int = setting(0, "every random draw (crops, noise, initial weights) follows from it", at_least=0)
     # -- losses --
     reconstruction: str = setting("mse", "reconstruction loss: mse (the course) or l1 (the LDM recipe)", choices=("mse", "l1"))

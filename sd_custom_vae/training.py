@@ -23,10 +23,12 @@ import conversion
 
 from . import run_files, training_state
 from .autoencoder_kl import CustomAutoencoderKL
-from .calibrate import CALIBRATION_KEY, apply_calibration, calibrate
-from .data import RandomCrops, load_image_data
+from .calibrate import apply_calibration, calibrate
+from .latent_space import CALIBRATION_KEY
+from .batches import BatchFeed
+from .data import DataOptions, load_image_data
 from .evaluation import reconstruction_quality
-from .images import grid, save_loss_curve, save_png
+from .images import grid, reconstruction_figure, save_loss_curve, save_png
 from .losses import VAELoss
 from .objectives import make_objective
 from .perceptual import STLPIPS
@@ -44,13 +46,21 @@ class TrainResult:
     main_process: bool = True
 
 
+def resolve_precision(requested: str) -> str:
+    """"auto" → bf16 where the device has it natively (CUDA with bf16, a CPU with AVX-512 or AMX), else "no"."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
     on_cpu = not torch.cuda.is_available()
-    if on_cpu and config.mixed_precision == "fp16":
-        raise ValueError("mixed_precision='fp16' needs a GPU; on a CPU use 'bf16' or 'no'")
-    return Accelerator(
-        cpu=on_cpu, mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation
-    )
+    precision = resolve_precision(config.mixed_precision)
+    if on_cpu and precision == "fp16":
+        raise ValueError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
+    return Accelerator(cpu=on_cpu, mixed_precision=precision, gradient_accumulation_steps=config.gradient_accumulation)
 
 
 class Trainer:
@@ -83,14 +93,19 @@ class Trainer:
         self.objective.prepare(self.vae)
         if config.gradient_checkpointing:
             self.vae.enable_gradient_checkpointing()
+        if config.channels_last:
+            self.vae.to(memory_format=torch.channels_last)
+        options = DataOptions(config.data_split, config.data_revision, config.image_column, config.streaming)
         self.data = load_image_data(
-            config.data, config.resolution, config.val_fraction, config.eval_crops_per_image, config.eval_resolution
+            config.data, max(config.resolution, config.final_resolution or 0), config.val_fraction,
+            config.eval_crops_per_image, config.eval_resolution or config.resolution, options,
         )
-        self.crops = RandomCrops(self.data.train, config.resolution, seed=config.seed)
 
         trainable = [p for p in self.vae.parameters() if p.requires_grad]
+        # the fused (single-kernel) AdamW where the device has it, else the foreach one
+        fused = {"fused": True} if self.accelerator.device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(
-            trainable, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay
+            trainable, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay, **fused
         )
         # stepped by hand once per optimizer step (accelerate would step it once per process)
         self.scheduler = get_scheduler(
@@ -98,6 +113,9 @@ class Trainer:
         )
         self.ema = EMAModel(trainable, decay=config.ema_decay) if config.ema_decay > 0 else None
         self.model, self.optimizer = self.accelerator.prepare(self.vae, self.optimizer)
+        if config.compile:
+            self.model = torch.compile(self.model)
+        self.compile_s = 0.0  # the first step's extra time, when compiling
         self.adversary = self.loss.adversary
         if self.adversary is not None:
             self.adversary.prepare(self.accelerator)
@@ -120,12 +138,9 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def _batch(self, step: int, micro: int) -> torch.Tensor:
-        """The crops for (step, micro-step) on this process: disjoint across processes and steps."""
-        a = self.accelerator
-        first = ((step * self.config.gradient_accumulation + micro) * a.num_processes + a.process_index)
-        first *= self.config.batch_size
-        return torch.stack([self.crops[first + j] for j in range(self.config.batch_size)]).to(a.device)
+    def _next_batch(self) -> torch.Tensor:
+        images = self.feed.batch(self.step).to(self.accelerator.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.config.channels_last else images
 
     def _noise(self, step: int, micro: int) -> torch.Generator:
         a = self.accelerator
@@ -138,7 +153,7 @@ class Trainer:
         adversarial = self.loss.adversarial_active(self.step)
         logged: dict[str, float] = {}
         for micro in range(config.gradient_accumulation):
-            images = self._batch(self.step, micro)
+            images = self._next_batch()
             with a.accumulate(self.model):
                 with a.autocast():
                     output = self.objective.terms(
@@ -184,16 +199,20 @@ class Trainer:
         finally:
             self.ema.restore(trainable)
 
-    def _validate(self, grid_path: Path | None = None, label: str = "") -> dict:
-        """Validation metrics (with EMA weights if any), logged; a grid of originals vs reconstructions if asked."""
+    def _validate(self, sample: bool = False, final: bool = False) -> dict:
+        """Validation metrics (with EMA weights if any), logged; with `sample` the grid of originals and
+        reconstructions in samples/, with `final` the run's reconstruction figure."""
         def measure(model):
             metrics, reconstructions = reconstruction_quality(model, self.data.val_crops)
             return {**metrics, **self.objective.metrics(model, self.data.val_crops)}, reconstructions
 
         metrics, reconstructions = self._with_ema(measure)
         self.val_history.append({"step": self.step, **metrics})
-        if grid_path is not None:
-            save_png(grid([self.data.val_crops, reconstructions], labels=["original", label]), grid_path)
+        if final:
+            save_png(reconstruction_figure(self.data.val_crops, reconstructions), self.output / run_files.RECONSTRUCTIONS)
+        elif sample:
+            picture = grid([self.data.val_crops, reconstructions], labels=["original", f"step {self.step}"])
+            save_png(picture, self.output / run_files.SAMPLES_DIR / f"step-{self.step:06d}.png")
         return metrics
 
     def save_state(self) -> Path:
@@ -205,17 +224,17 @@ class Trainer:
         folder = self.output / run_files.CHECKPOINTS_DIR / f"step-{self.step:06d}"
         if a.is_main_process:
             files = {
-                "model.safetensors": (model.state_dict(), model.config),
-                "optimizer.pt": self.optimizer.state_dict(),
-                "scheduler.pt": self.scheduler.state_dict(),
+                run_files.MODEL_WEIGHTS: (model.state_dict(), model.config),
+                run_files.OPTIMIZER: self.optimizer.state_dict(),
+                run_files.SCHEDULER: self.scheduler.state_dict(),
             }
             if self.ema is not None:
-                files["ema.pt"] = self.ema.state_dict()
+                files[run_files.EMA] = self.ema.state_dict()
             if self.adversary is not None:
                 weights, optimizer_state = self.adversary.state(a)
-                files["discriminator.safetensors"] = (weights, None)
-                files["disc_optimizer.pt"] = optimizer_state
-            files[training_state.STATE] = {
+                files[run_files.DISCRIMINATOR] = (weights, None)
+                files[run_files.DISCRIMINATOR_OPTIMIZER] = optimizer_state
+            files[run_files.STATE] = {
                 "step": self.step, "elapsed": self.elapsed, "history": self.history, "val_history": self.val_history
             }
             training_state.save(self.output, self.step, files, self.config.keep_checkpoints)
@@ -227,20 +246,22 @@ class Trainer:
         """Everything needed to continue exactly: weights, optimizer, scheduler, EMA, step and logs."""
         model = self.accelerator.unwrap_model(self.model)
         try:
-            model.load_state_dict(files["model.safetensors"])
+            model.load_state_dict(files[run_files.MODEL_WEIGHTS])
         except RuntimeError as error:
             raise ValueError(
                 f"{folder} holds another architecture than this run's configuration ({str(error).splitlines()[-1].strip()}); "
                 "resume with the run's own settings (leave --config out)"
             ) from None
-        self.optimizer.load_state_dict(files["optimizer.pt"])
-        self.scheduler.load_state_dict(files["scheduler.pt"])
+        self.optimizer.load_state_dict(files[run_files.OPTIMIZER])
+        self.scheduler.load_state_dict(files[run_files.SCHEDULER])
         if self.ema is not None:
-            self.ema.load_state_dict(files["ema.pt"])
+            self.ema.load_state_dict(files[run_files.EMA])
             self.ema.to(self.accelerator.device)
         if self.adversary is not None:
-            self.adversary.load_state(self.accelerator, files["discriminator.safetensors"], files["disc_optimizer.pt"])
-        state = files[training_state.STATE]
+            self.adversary.load_state(
+                self.accelerator, files[run_files.DISCRIMINATOR], files[run_files.DISCRIMINATOR_OPTIMIZER]
+            )
+        state = files[run_files.STATE]
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.history, self.val_history = state["history"], state["val_history"]
         self.last_checkpoint = folder
@@ -274,6 +295,8 @@ class Trainer:
             "val_crops": len(self.data.val_crops),
             "ema": self.ema is not None,
             "processes": self.accelerator.num_processes,
+            "mixed_precision": self.accelerator.mixed_precision,
+            **({"compile_s": round(self.compile_s, 1)} if config.compile else {}),
         }
         summary.pop("step", None)
         conversion.write_json(summary, self.output / run_files.METRICS)
@@ -286,6 +309,7 @@ class Trainer:
         config, a = self.config, self.accelerator
         if resume:
             training_state.load_newest_intact(resume, self.load_state)
+        self.feed = BatchFeed(config, self.data, a.process_index, a.num_processes, a.device, self.step)
         if a.is_main_process:
             conversion.write_json(config.to_dict(), self.output / run_files.TRAIN_CONFIG)
         bar = tqdm(
@@ -297,8 +321,13 @@ class Trainer:
         metrics = self.val_history[-1] if self.val_history else {}
         self.model.train()
         started = time.perf_counter() - self.elapsed
+        step_times = []
         while self.step < config.steps:
+            step_started = time.perf_counter()
             terms = self.train_step()
+            if config.compile and len(step_times) < 2:  # the first step compiles; the second says what a step costs
+                step_times.append(time.perf_counter() - step_started)
+                self.compile_s = step_times[0] - step_times[-1]
             self.elapsed = time.perf_counter() - started
             self.history.append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **terms})
             bar.update(1)
@@ -306,12 +335,7 @@ class Trainer:
             last = self.step == config.steps
             sample = self.step % config.sample_every == 0
             if a.is_main_process and (last or sample or self.step % config.eval_every == 0):
-                if last:
-                    metrics = self._validate(self.output / run_files.RECONSTRUCTIONS, "reconstruction")
-                elif sample:
-                    metrics = self._validate(self.output / run_files.SAMPLES_DIR / f"step-{self.step:06d}.png", f"step {self.step}")
-                else:
-                    metrics = self._validate()
+                metrics = self._validate(sample=sample, final=last)
             if metrics:
                 postfix["val_psnr"] = f"{metrics['psnr']:.2f}"
             bar.set_postfix(postfix)
@@ -320,7 +344,7 @@ class Trainer:
         bar.close()
         if a.is_main_process:
             if not self.val_history or self.val_history[-1]["step"] != self.step:  # resumed a finished run
-                metrics = self._validate(self.output / run_files.RECONSTRUCTIONS, "reconstruction")
+                metrics = self._validate(final=True)
             self.export(metrics)
         a.wait_for_everyone()
         shared = [metrics]

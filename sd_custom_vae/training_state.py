@@ -25,7 +25,7 @@ from . import run_files
 # A weight this large is a run blowing up (a learning rate of 1e30 gets there in one step), not a VAE
 # learning: trained VAE weights stay within a few units.
 WEIGHT_LIMIT = 1e4
-STATE = "state.json"  # step, elapsed time and the logged history: what marks a folder as a checkpoint
+STATE = run_files.STATE
 
 
 class TrainingDiverged(RuntimeError):

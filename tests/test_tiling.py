@@ -1,11 +1,12 @@
 """Tiled encode/decode equal the untiled ones: GroupNorm statistics span the whole image."""
 
+import math
+
 import pytest
 import torch
 from factories import TINY, stock_autoencoder_kl, tiny_vae
 
-from sd_custom_vae import CustomAutoencoderKL
-from sd_custom_vae.tiling import network_stages, plan_segments
+from sd_custom_vae import CustomAutoencoderKL, tiling
 
 THREE_LEVELS = dict(TINY, block_out_channels=(16, 32, 32), layers_per_block=2)
 
@@ -15,19 +16,20 @@ def vae():
     return tiny_vae(**THREE_LEVELS)
 
 
-@pytest.mark.parametrize("max_buffer_bytes", [1, 200_000, 1 << 30])  # recompute everything … keep everything
-def test_tiled_equals_untiled(vae, max_buffer_bytes):
+@pytest.mark.parametrize("max_memory", [1 << 20, 3 << 20, 1 << 30])  # spill everything … keep everything
+def test_tiled_equals_untiled(vae, max_memory, tmp_path):
     image = torch.rand(2, 3, 72, 104, generator=torch.Generator().manual_seed(0)) * 2 - 1
     latents = torch.randn(2, 4, 18, 26, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected_moments = vae.encode(image).latent_dist.parameters
         expected_image = vae.decode(latents).sample
-        vae.enable_tiling(tile_size=32, max_buffer_bytes=max_buffer_bytes)
+        vae.enable_tiling(tile_size=32, max_memory=max_memory, spill_dir=tmp_path)
         assert vae.use_tiling
         moments = vae.encode(image).latent_dist.parameters
         decoded = vae.decode(latents).sample
     assert (moments - expected_moments).abs().max().item() <= 1e-4
     assert (decoded - expected_image).abs().max().item() <= 1e-4
+    assert list(tmp_path.iterdir()) == []  # spilled activations are gone with the call
     vae.disable_tiling()
     assert not vae.use_tiling
 
@@ -59,11 +61,30 @@ def test_diffusers_tiling_differs_where_ours_does_not():
     assert ours_error <= 1e-4 < theirs_error
 
 
-def test_plan_keeps_small_activations_and_recomputes_large_ones(vae):
-    stages = network_stages(vae.decoder)
-    everything = plan_segments(stages, (1, 4, 64, 64), 4, 1 << 40)
-    assert all(len(segment) == 1 for segment in everything)
-    nothing = plan_segments(stages, (1, 4, 64, 64), 4, 1)
-    # conv_in, then the mid block (attention sees every position: always whole), then one long segment
-    assert [len(s) for s in nothing] == [1, 1, len(stages) - 2]
-    assert nothing[1][0].is_global
+def test_activations_beyond_the_budget_go_to_disk_and_tiles_fit_it(vae, monkeypatch, tmp_path):
+    made = []
+    real = tiling.Store.__init__
+
+    def record(self, shape, dtype, groups, in_memory, spill_dir):
+        made.append((shape, in_memory))
+        real(self, shape, dtype, groups, in_memory, spill_dir)
+
+    monkeypatch.setattr(tiling.Store, "__init__", record)
+    latents = torch.randn(2, 4, 40, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = vae.decode(latents).sample
+        vae.enable_tiling(tile_size=32, max_memory=3 << 20, spill_dir=tmp_path)
+        decoded = vae.decode(latents).sample
+    assert (decoded - expected).abs().max().item() <= 1e-4
+    kept = [shape for shape, in_memory in made if in_memory]
+    spilled = [shape for shape, in_memory in made if not in_memory]
+    assert spilled and kept  # the large full-resolution activations went to disk, the small ones stayed
+    assert max(math.prod(shape) for shape in spilled) > max(math.prod(shape) for shape in kept)
+
+
+def test_every_stage_is_split_so_it_opens_with_at_most_one_group_norm(vae):
+    for network in (vae.encoder, vae.decoder):
+        stages = tiling._stages(network)
+        assert sum(stage.whole for stage in stages) == 1  # the mid block, with its attention
+        halves = [stage for stage in stages if stage.keeps_input]
+        assert len(halves) == sum(isinstance(m, tiling.ResidualBlock) for m in network.modules()) - 2  # mid's two run whole

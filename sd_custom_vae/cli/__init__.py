@@ -20,7 +20,7 @@ from .. import __version__
 from ..redact import Redacting, known_secrets, redact
 
 # In the order `--help` lists them. Each module defines register(subparsers) and sets a handler.
-COMMANDS = ["train", "convert", "generate", "calibrate", "eval", "push"]
+COMMANDS = ["train", "convert", "generate", "calibrate", "eval", "fp16-fix", "push"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").register(subparsers)
     return parser
+
+
+def add_data_flags(parser: argparse.ArgumentParser, default_help: str) -> None:
+    """--data and how to read it: the same flags, meaning the same thing, in eval and calibrate (train builds
+    its own from TrainConfig, with the same names)."""
+    parser.add_argument("--data", default=None, help="image folder, 🤗 dataset (Hub ORG/NAME, save_to_disk folder, "
+                        f"parquet/arrow files) or WebDataset shards (path, glob, {{000..099}} pattern); {default_help}")
+    parser.add_argument("--data-split", default="train", help="split of a 🤗 dataset (default train)")
+    parser.add_argument("--data-revision", default=None, help="revision of a Hub dataset")
+    parser.add_argument("--image-column", default=None, help="dataset column holding the images (default: the Image one)")
+    parser.add_argument("--streaming", action="store_true", help="stream a 🤗 dataset rather than download it whole")
+
+
+def data_options(args: argparse.Namespace):
+    from ..image_sources import DataOptions
+
+    return DataOptions(args.data_split, args.data_revision, args.image_column, args.streaming)
 
 
 def pick_device(requested: str | None) -> str:

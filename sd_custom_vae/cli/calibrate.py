@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_data_flags, data_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -15,8 +17,9 @@ def register(subparsers) -> None:
         "calibration in the VAE's config.json. A model folder is updated in place (config.json only, "
         "atomically); a single checkpoint file needs --output.",
     )
-    parser.add_argument("vae", help="VAE model folder (ours or AutoencoderKL) or checkpoint file")
-    parser.add_argument("--data", required=True, help='folder of images (searched recursively), or "builtin"')
+    parser.add_argument("vae", help="VAE model, run or pipeline folder, checkpoint file, or Hub name ORG/NAME[@REVISION]")
+    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside its repo or folder")
+    add_data_flags(parser, 'or "builtin" for the built-in photos (required)')
     parser.add_argument("--shift", action="store_true", help="also set shift_factor (SD3/Flux-style pipelines only)")
     parser.add_argument("--crops", type=int, default=256, help="random crops to encode (default 256)")
     parser.add_argument("--resolution", type=int, default=256, help="crop side in pixels (default 256)")
@@ -37,10 +40,15 @@ def run(args: argparse.Namespace) -> int:
     from ..loading import load_vae
     from . import pick_device
 
-    source = Path(args.vae)
+    from ..loading import model_path
+    from ..model_sources import locate, parse_hub_name
+
+    if args.data is None:
+        raise ValueError('--data is required: the images to measure the latents on (or "builtin")')
     in_place = args.output is None
-    if not source.exists():
-        raise FileNotFoundError(f"no such VAE file or folder: {source}")
+    if in_place and not Path(args.vae).exists() and parse_hub_name(args.vae):
+        raise ValueError(f"{args.vae} is on the Hub, not a local folder to update in place; pass --output FOLDER")
+    source = model_path(locate(args.vae, args.subfolder))
     if in_place and not (source / "config.json").is_file():
         raise ValueError(f"{source} has no config.json to update (a single checkpoint file?); pass --output FOLDER")
     target = source / "config.json" if in_place else Path(args.output)
@@ -52,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     previous = vae.config.scaling_factor
     result = calibrate(
         vae, args.data, resolution=args.resolution, crops=args.crops, shift=args.shift, batch_size=args.batch_size,
-        seed=args.seed,
+        seed=args.seed, options=data_options(args),
     )
     if in_place:
         write_calibration(source, result)

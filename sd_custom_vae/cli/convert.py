@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         "our own file; .safetensors or a weights-only pickle) and write it as a diffusers folder, an LDM "
         "single file or our scratch file, always as safetensors.",
     )
-    parser.add_argument("input", help="checkpoint file or diffusers model folder")
+    parser.add_argument("input", help="checkpoint file, diffusers model or pipeline folder, or Hub name ORG/NAME[@REVISION]")
+    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside the input repo or folder")
     parser.add_argument("output", help="output folder (--to diffusers) or .safetensors file (--to ldm/scratch)")
     parser.add_argument("--to", required=True, choices=["diffusers", "ldm", "scratch"], help="output naming scheme")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="cast weights on output")
@@ -26,7 +27,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import conversion
 
+    from ..loading import model_path
+    from ..model_sources import locate
+
+    conversion.check_new(args.output, args.overwrite)  # before a download
+    source = model_path(locate(args.input, args.subfolder))
     config = {"norm_num_groups": args.norm_num_groups} if args.norm_num_groups is not None else None
-    print(conversion.convert_checkpoint(args.input, args.output, to=args.to, dtype=args.dtype, config=config,
+    print(conversion.convert_checkpoint(source, args.output, to=args.to, dtype=args.dtype, config=config,
                                         overwrite=args.overwrite))
     return 0

@@ -1,67 +1,108 @@
-"""sd-custom-vae eval VAE [VAE ...] [--data DIR] [--teacher VAE]: quality, speed and teacher agreement side by side."""
+"""sd-custom-vae eval VAE [VAE ...] [--data SOURCE] [--protocol crops|sd-vae-card] [--metrics ...] [--teacher VAE]"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from . import add_data_flags, data_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="compare VAEs: PSNR, SSIM, ST-LPIPS, speed, and agreement with a teacher",
-        description="Reconstruct the same crops with every VAE and print a table; save it as eval.json with a "
+        help="compare VAEs: rFID, PSNR, SSIM, LPIPS, speed, and agreement with a teacher",
+        description="Reconstruct the same images with every VAE and print a table; save it as eval.json with a "
         "PNG grid (original | each VAE). With --teacher: the latent relative error and the PSNR of decoding "
-        "the teacher's latents. A VAE is a run folder, a model folder or any checkpoint file.",
+        "the teacher's latents. A VAE is a run folder, a model or pipeline folder, a checkpoint file or a Hub name.",
     )
     parser.add_argument("vaes", nargs="+", metavar="VAE")
-    parser.add_argument("--data", default=None, help="folder of images (all are used); default: the built-in validation photos")
+    add_data_flags(parser, "default: the built-in validation photos")
+    parser.add_argument("--max-images", type=int, default=None, help="use at most this many images of --data")
+    parser.add_argument("--protocol", choices=["crops", "sd-vae-card"], default="crops",
+                        help="crops: fixed crops of every image (--crops-per-image); sd-vae-card: shorter side resized "
+                        "to --resolution, centre crop, as the sd-vae-ft-mse card measures (default crops)")
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated, from psnr,ssim,lpips,rfid (default: all that are installed)")
     parser.add_argument("--teacher", default=None, help="the VAE whose latent space the others should reproduce")
+    parser.add_argument("--subfolder", default=None, help="folder of the VAEs inside their repos or folders")
     parser.add_argument("--resolution", type=int, default=256, help="crop side in pixels (default 256)")
-    parser.add_argument("--crops-per-image", type=int, default=2)
+    parser.add_argument("--crops-per-image", type=int, default=2, help="with --protocol crops (default 2)")
     parser.add_argument("--output", default="eval", help="folder for eval.json and eval.png (default ./eval)")
     parser.add_argument("--overwrite", action="store_true", help="replace eval.json and eval.png already in --output")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.set_defaults(handler=run)
 
 
-def _model_path(path: str) -> Path:
-    """A run folder stands for the model it exported."""
-    from ..run_files import MODEL_DIR
+def _metrics(requested: str | None) -> tuple[str, ...]:
+    from .. import fid, perceptual
+    from ..evaluation import METRICS
 
-    candidate = Path(path) / MODEL_DIR
-    return candidate if candidate.is_dir() else Path(path)
+    if requested is None:  # everything this installation can compute
+        return tuple(m for m in METRICS if (m != "rfid" or fid.available()) and (m != "lpips" or perceptual.available()))
+    chosen = tuple(dict.fromkeys(m.strip() for m in requested.split(",") if m.strip()))
+    unknown = [m for m in chosen if m not in METRICS]
+    if unknown or not chosen:
+        raise ValueError(f"--metrics {requested!r}: choose from {', '.join(METRICS)}")
+    return chosen
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     import torch
 
     import conversion
 
-    from ..data import builtin_photos, evaluation_crops, find_images, load_images
-    from ..evaluation import evaluate_vaes, format_table
+    from .. import fid
+    from ..evaluation import evaluate_vaes, format_table, protocol_crops
+    from ..image_sources import builtin_source, open_source, take
     from ..images import grid, save_png
     from ..loading import load_vae
+    from . import pick_device
 
+    if args.resolution < 8 or args.crops_per_image < 1 or (args.max_images is not None and args.max_images < 1):
+        raise ValueError("--resolution must be at least 8, --crops-per-image and --max-images at least 1")
+    metrics = _metrics(args.metrics)
     output = Path(args.output)
     for name in ("eval.json", "eval.png"):  # before minutes of evaluation
         conversion.check_new(output / name, args.overwrite)
-    vaes = {path: load_vae(_model_path(path), dtype=torch.float32) for path in args.vaes}
-    teacher = load_vae(_model_path(args.teacher), dtype=torch.float32) if args.teacher else None
-    paths = builtin_photos()[1] if args.data is None else find_images(args.data)
-    images = load_images(paths, args.resolution)
+    device = pick_device(args.device)
+    vaes = {name: load_vae(name, torch.float32, args.subfolder).to(device) for name in args.vaes}
+    teacher = load_vae(args.teacher, torch.float32, args.subfolder).to(device) if args.teacher else None
+    if args.data is None:  # the built-in photos: their held-out ones, never trained on
+        source = builtin_source()
+        images = [source.image(i) for i in source.split(0.0)[1]]
+        where = "built-in validation photos"
+    else:
+        source = open_source(args.data, data_options(args))
+        images = take(source, args.max_images)
+        where = source.description
     if not images:
-        raise ValueError(f"{args.data or 'built-in photos'}: no readable images")
-    crops = evaluation_crops(images, args.resolution, args.crops_per_image)
-    factors = {2 ** (len(v.config.block_out_channels) - 1) for v in vaes.values()}
+        raise ValueError(f"{where}: no readable images")
+    factors = {v.downsampling_factor for v in vaes.values()}
     if any(args.resolution % f for f in factors):
         raise ValueError(f"--resolution {args.resolution} must be a multiple of every VAE's downsampling factor {sorted(factors)}")
+    crops = protocol_crops(images, args.protocol, args.resolution, args.crops_per_image)
 
-    reports, reconstructions = evaluate_vaes(vaes, crops, teacher)
-    print(f"{len(crops)} crops of {args.resolution}px from {len(images)} images ({args.data or 'built-in validation photos'})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rFID's small-sample warning is said below, once
+        reports, reconstructions = evaluate_vaes(vaes, crops, teacher, metrics=metrics)
+    print(f"{len(crops)} crops of {args.resolution}px from {len(images)} images ({where}), protocol {args.protocol}")
     print(format_table(reports))
+    distance = next((key for key in ("lpips", "st_lpips") if key in reports[0].metrics), None)
+    if distance:
+        print(f"perceptual distance: {'LPIPS (AlexNet, the original weights)' if distance == 'lpips' else 'ST-LPIPS (AlexNet, shift-tolerant; the original LPIPS is not available offline here)'}")
+    if "rfid" in metrics:
+        note = f"rFID over {len(crops)} images"
+        if len(crops) < fid.FEW_IMAGES:
+            note += f": noisy and biased upward below {fid.FEW_IMAGES} (published tables use 5,000 to 50,000)"
+            warnings.warn(note, stacklevel=1)
+        print(note)
     output.mkdir(parents=True, exist_ok=True)
     conversion.write_json(
-        {"crops": len(crops), "resolution": args.resolution, "teacher": args.teacher,
+        {"crops": len(crops), "images": len(images), "data": where, "protocol": args.protocol,
+         "resolution": args.resolution, "teacher": args.teacher, "metrics": list(metrics),
          "vaes": [{"name": r.name, "parameters": r.parameters, **r.metrics} for r in reports]},
         output / "eval.json",
     )

@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         "the Hub as a stock diffusers AutoencoderKL repo and/or an LDM single file, with a generated model "
         "card. The token comes from --token, HF_TOKEN or `hf auth login`, and is never printed or saved.",
     )
-    parser.add_argument("source", metavar="RUN_OR_MODEL_DIR", help="run folder, model folder or checkpoint file")
+    parser.add_argument("source", metavar="RUN_OR_MODEL_DIR",
+                        help="run folder, model or pipeline folder, checkpoint file, or Hub name ORG/NAME[@REVISION]")
+    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside the source repo or folder")
     parser.add_argument("repo_id", metavar="REPO_ID", help="user-or-org/name on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
     parser.add_argument("--format", choices=["diffusers", "ldm", "both"], default="diffusers",
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     # a failed upload is reported by the command line's one-line handler: staging happens in a temporary
     # folder and a commit is all or nothing, so rerunning is always safe
     result = push_run(
-        args.source, args.repo_id, format=args.format, private=args.private or None, token=args.token,
+        args.source, args.repo_id, subfolder=args.subfolder, format=args.format, private=args.private or None, token=args.token,
         commit_message=args.commit_message, license=args.license,
     )
     print(result)

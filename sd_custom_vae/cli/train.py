@@ -61,17 +61,18 @@ def register(subparsers) -> None:
 def resolve_config(args: argparse.Namespace):
     """The run's TrainConfig: the preset or file, then the flags given. Resuming starts from the run's saved
     configuration instead (unless --config names another, which must then describe the same network)."""
+    from .. import run_files
     from ..train_config import load_config, read_config_file
 
     overrides = {name: getattr(args, name) for name in args.config_fields if getattr(args, name, None) is not None}
     if not args.resume:
         return load_config(args.config, **overrides)
     run = Path(args.output if args.resume is True else args.resume)
-    run = run.parent.parent if (run / "state.json").exists() else run  # a checkpoint folder: its run
+    run = run.parent.parent if (run / run_files.STATE).exists() else run  # a checkpoint folder: its run
     overrides.setdefault("output", str(run))
     if args.config is not None:
         return load_config(args.config, **overrides)
-    saved = run / "train_config.json"
+    saved = run / run_files.TRAIN_CONFIG
     if not saved.exists():
         raise FileNotFoundError(f"cannot resume: {saved} does not exist (is {run} a training run folder?)")
     values = read_config_file(saved)

@@ -1,0 +1,59 @@
+"""sd-custom-vae fp16-fix IN OUT [--data SOURCE] [--ldm FILE]: a VAE that runs in float16 without overflow, exactly."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import add_data_flags, data_options
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "fp16-fix",
+        help="rescale a VAE so it runs in float16 without NaN (exact, no training)",
+        description="Measure the VAE's activations on real images and random latents, rescale its residual streams "
+        "by powers of two so every activation stays well inside float16's range (GroupNorm makes this exact), set "
+        "force_upcast false, and write a stock diffusers AutoencoderKL folder (and an LDM file with --ldm).",
+    )
+    parser.add_argument("input", help="VAE folder, run or pipeline folder, checkpoint file, or Hub name ORG/NAME[@REVISION]")
+    parser.add_argument("output", help="the fixed VAE's folder (diffusers AutoencoderKL format)")
+    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside the input repo or folder")
+    add_data_flags(parser, "default: the built-in photos")
+    parser.add_argument("--images", type=int, default=8, help="how many images to measure the encoder on (default 8)")
+    parser.add_argument("--resolution", type=int, default=256, help="crop side of those images (default 256)")
+    parser.add_argument("--ldm", default=None, metavar="FILE", help="also write an LDM .safetensors file (A1111/ComfyUI)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (as a whole, atomically)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import conversion
+
+    from ..data import evaluation_crops, prepare_images
+    from ..fp16 import calibration_images, calibration_latents, make_fp16_safe
+    from ..image_sources import open_source, take
+    from ..loading import load_vae
+
+    conversion.check_new(args.output, args.overwrite)  # before any work
+    if args.ldm:
+        conversion.check_new(args.ldm, args.overwrite)
+    vae = load_vae(args.input, torch.float32, args.subfolder)
+    if args.data is None:
+        images = calibration_images(args.resolution, args.images)
+    else:
+        found = prepare_images(take(open_source(args.data, data_options(args)), args.images), args.resolution, None)
+        if not found:
+            raise ValueError(f"{args.data}: no readable images")
+        images = evaluation_crops(found, args.resolution, 1)
+    factor = vae.downsampling_factor
+    if images.shape[-1] % factor:
+        raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's downsampling factor {factor}")
+    report = make_fp16_safe(vae, images, calibration_latents(vae))
+    print(report)
+    checkpoint = conversion.to_scratch(vae.state_dict(), dict(vae.config), source=str(args.input))
+    print(f"wrote {conversion.save_checkpoint(checkpoint, args.output, 'diffusers', overwrite=args.overwrite)}")
+    if args.ldm:
+        print(f"wrote {conversion.save_checkpoint(checkpoint, args.ldm, 'ldm', overwrite=args.overwrite)}")
+    return 0
