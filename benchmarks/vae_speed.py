@@ -1,6 +1,7 @@
 """Speed and memory of CustomAutoencoderKL against diffusers' AutoencoderKL on the same weights.
 
     python benchmarks/vae_speed.py                 # 256² and 512², batch 1 and 4
+    python benchmarks/vae_speed.py --batches 1     # batch 1 only (a quarter of the time)
     python benchmarks/vae_speed.py --large         # and 1024²
     python benchmarks/vae_speed.py --compile       # also ours under torch.compile (compile time apart)
     python benchmarks/vae_speed.py --tiled 2048    # tiled decode of a 2048² image: memory and seams
@@ -125,7 +126,7 @@ def speed_table(args) -> list[dict]:
         print(f"torch.compile: {time.perf_counter() - start:.1f} s to compile (first calls)\n")
     rows = []
     for size in sizes:
-        for batch in (1, 4):
+        for batch in args.batches:
             for op in ("encode", "decode"):
                 x = inputs(op, size, batch)
                 with torch.no_grad():
@@ -192,16 +193,19 @@ def tiled_child(kind: str, weights: str, size: int, mode: str, out: str) -> None
     print(json.dumps({"baseline_mb": baseline, "peak_mb": peak_rss_mb(), "seconds": seconds}))
 
 
-def tiled_report(size: int) -> dict:
+TILED_WAYS = ("ours-tiled", "diffusers-tiled", "ours-untiled", "diffusers-untiled")
+
+
+def tiled_report(size: int, ways: list[str]) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="vae-bench-"))
     build("ours").save_pretrained(folder)
     results = {}
-    for kind, mode in (("ours", "tiled"), ("diffusers", "tiled"), ("ours", "untiled"), ("diffusers", "untiled")):
+    for kind, mode in (way.split("-") for way in ways):
         out = folder / f"{kind}-{mode}.pt"
         results[f"{kind} {mode}"] = run_child(__file__, "--tiled-child", kind, folder, size, mode, out)
         print(f"{kind} {mode}: {results[f'{kind} {mode}']}", flush=True)
     reference = torch.load(folder / "ours-untiled.pt", weights_only=True)
-    for name in ("ours tiled", "diffusers tiled", "diffusers untiled"):
+    for name in (name for name in results if name != "ours untiled"):
         image = torch.load(folder / f"{name.replace(' ', '-')}.pt", weights_only=True)
         results[name]["max_abs_error_vs_untiled"] = (image - reference).abs().max().item()
     print(f"\n{size}×{size} decode (latent {size // 8}²), peak RSS of the whole process, model included:")
@@ -217,7 +221,10 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also 1024²")
     parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="batch sizes (default 1 4)")
     parser.add_argument("--tiled", type=int, metavar="SIZE", help="only the tiled-decode report at SIZE² pixels")
+    parser.add_argument("--ways", nargs="+", choices=TILED_WAYS, default=list(TILED_WAYS),
+                        help="with --tiled: which decodes to run (ours-untiled is the reference; default all four)")
     parser.add_argument("--json", default="benchmarks/results/vae_speed.json", help="where to write the results")
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--tiled-child", nargs=5, help=argparse.SUPPRESS)
@@ -230,7 +237,7 @@ def main() -> None:
         return tiled_child(kind, weights, int(size), mode, out)
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.tiled:
-        results["tiled"] = tiled_report(args.tiled)
+        results["tiled"] = tiled_report(args.tiled, sorted(set(args.ways) | {"ours-untiled"}, key=TILED_WAYS.index))
     else:
         results["matmul_gflops"] = matmul_gflops()
         results["cases"] = speed_table(args)

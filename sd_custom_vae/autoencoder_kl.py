@@ -71,25 +71,9 @@ class CustomAutoencoderKL(
         mid_block_add_attention: bool = True,
     ):
         super().__init__()
-        architecture = dict(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            block_out_channels=tuple(block_out_channels) if isinstance(block_out_channels, list) else block_out_channels,
-            layers_per_block=layers_per_block,
-            latent_channels=latent_channels,
-            norm_num_groups=norm_num_groups,
-            mid_block_add_attention=mid_block_add_attention,
-            use_quant_conv=use_quant_conv,
-            use_post_quant_conv=use_post_quant_conv,
-        )
-        conversion.validate_config(
-            dict(
-                architecture, down_block_types=down_block_types, up_block_types=up_block_types, act_fn=act_fn,
-                sample_size=sample_size, scaling_factor=scaling_factor, shift_factor=shift_factor,
-                latents_mean=latents_mean, latents_std=latents_std, force_upcast=force_upcast,
-            )
-        )
-        self.build_network(**architecture)
+        # @register_to_config has recorded every argument in self.config before this body runs
+        conversion.validate_config(dict(self.config))
+        self.build_network(**{key: self.config[key] for key in conversion.ARCHITECTURE_KEYS})
         # A saved config names every level, as a stock AutoencoderKL's does.
         levels = len(block_out_channels)
         self.register_to_config(

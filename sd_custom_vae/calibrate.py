@@ -64,11 +64,13 @@ def _all_images(data: str | Path | None, resolution: int, options: DataOptions, 
 
 
 @torch.no_grad()
-def latent_statistics(vae, batches, generator: torch.Generator, total: int | None = None) -> tuple[float, float, int]:
+def latent_statistics(
+    vae, batches, generator: torch.Generator, total: int | None = None, progress: bool = True
+) -> tuple[float, float, int]:
     """(mean, std, number of crops) of latent samples over every element of every batch of images in [-1, 1]."""
     total_sum = total_squares = 0.0
     elements = crops = 0
-    for batch in tqdm(batches, total=total, desc="encoding crops", unit="batch"):
+    for batch in tqdm(batches, total=total, desc="encoding crops", unit="batch", disable=not progress):
         posterior = vae.encode(batch.to(vae.device, vae.dtype)).latent_dist
         z = posterior.sample(generator=generator).double()
         if not torch.isfinite(z).all():
@@ -99,6 +101,7 @@ def calibrate(
     batch_size: int = 8,
     seed: int = 0,
     options: DataOptions = DataOptions(),
+    progress: bool = True,
 ) -> Calibration:
     """Measure `vae`'s latents on `crops` random crops of the images `data` names (as ``train --data`` reads it;
     None or "builtin": the built-in photos).
@@ -114,17 +117,9 @@ def calibrate(
     dataset = RandomCrops(images, resolution, seed=seed, flip=False, length=crops)
     batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     generator = torch.Generator(vae.device).manual_seed(seed)
-    mean, std, count = latent_statistics(vae, batches, generator, total=len(batches))
-    return Calibration(
-        scaling_factor=1.0 / std,
-        shift_factor=mean if shift else None,
-        latent_mean=mean,
-        latent_std=std,
-        crops=count,
-        resolution=resolution,
-        data=description,
-        seed=seed,
-    )
+    mean, std, count = latent_statistics(vae, batches, generator, total=len(batches), progress=progress)
+    return Calibration(scaling_factor=1.0 / std, shift_factor=mean if shift else None, latent_mean=mean, latent_std=std,
+                       crops=count, resolution=resolution, data=description, seed=seed)
 
 
 def config_values(calibration: Calibration) -> dict:

@@ -138,7 +138,8 @@ class RandomCrops(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
         image = self.images[int(torch.multinomial(self.weights, 1, generator=generator))]
-        return random_crop(image, self.resolution, generator, self.flip)
+        # images were prepared for the first phase's crops; a later phase's larger ones may need them larger
+        return random_crop(at_least(image, self.resolution), self.resolution, generator, self.flip)
 
 
 # where evaluation crops sit, as fractions of the free space: the centre first, then towards the corners
@@ -184,25 +185,26 @@ class StreamCrops:
         self.source, self.resolution, self.val_fraction = source, resolution, val_fraction
         self.seed, self.rank, self.processes, self.flip = seed, rank, processes, flip
 
-    def _examples(self) -> Iterator[tuple[int, dict]]:
+    def examples(self, epochs: int | None = None) -> Iterator[tuple[int, bytes, dict]]:
+        """(image number, key, raw example) of the training images in this process's share, epoch after epoch."""
         number = 0
-        for epoch in itertools.count():
+        for epoch in itertools.count() if epochs is None else range(epochs):
             found = False
             for key, example in self.source.examples(self.rank, self.processes, self.seed, epoch):
                 if bucket(key) >= self.val_fraction:
                     found = True
-                    yield number, example
+                    yield number, key, example
                     number += 1
             if not found:
                 raise ValueError(f"{self.source.description}: no training images in this process's share of the stream")
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
         """Batches from batch number `start` on: the images before it are skipped undecoded."""
-        examples = self._examples()
+        examples = self.examples()
         for _ in itertools.islice(examples, start * batch_size):
             pass
         crops = []
-        for number, example in examples:
+        for number, _, example in examples:
             image = self.source.decode(example)
             if image is None:
                 continue

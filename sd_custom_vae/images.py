@@ -107,7 +107,7 @@ def save_loss_curve(history: list[dict], val_history: list[dict], path: str | os
             axis.plot(*zip(*_smoothed(present)), linewidth=1.4, color="tab:blue", label="smoothed")
             if all(v > 0 for _, v in present):
                 axis.set_yscale("log")
-            axis.legend(fontsize=8, loc="upper right")
+            axis.legend(fontsize=8, loc="best", framealpha=0.6)  # where it covers the least of the curves
         else:
             axis.plot([v["step"] for v in val_history], [v["psnr"] for v in val_history], "k.-")
         axis.set_title(TERM_TITLES.get(name, name), fontsize=11)

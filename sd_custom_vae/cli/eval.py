@@ -94,11 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if distance:
         print(f"perceptual distance: {'LPIPS (AlexNet, the original weights)' if distance == 'lpips' else 'ST-LPIPS (AlexNet, shift-tolerant; the original LPIPS is not available offline here)'}")
     if "rfid" in metrics:
-        note = f"rFID over {len(crops)} images"
+        print(f"rFID over {len(crops)} images")
         if len(crops) < fid.FEW_IMAGES:
-            note += f": noisy and biased upward below {fid.FEW_IMAGES} (published tables use 5,000 to 50,000)"
-            warnings.warn(note, stacklevel=1)
-        print(note)
+            warnings.warn(f"rFID over {len(crops)} images is noisy and biased upward below {fid.FEW_IMAGES} "
+                          "(published tables use 5,000 to 50,000): pass more images with --data", stacklevel=1)
     output.mkdir(parents=True, exist_ok=True)
     conversion.write_json(
         {"crops": len(crops), "images": len(images), "data": where, "protocol": args.protocol,

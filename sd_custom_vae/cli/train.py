@@ -19,7 +19,7 @@ def _flag_type(annotation) -> type:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> list[str]:
     """One flag per TrainConfig field that has one; returns the field names."""
-    from ..train_config import TrainConfig
+    from ..train_config import RENAMED_VALUES, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     names = []
@@ -32,7 +32,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> list[str]:
         if kind is bool:
             parser.add_argument(*flags, dest=f.name, action="store_true", default=None, help=rules["help"])
         else:
-            parser.add_argument(*flags, dest=f.name, type=kind, choices=rules["choices"], help=rules["help"])
+            choices = rules["choices"] and (*rules["choices"], *RENAMED_VALUES.get(f.name, {}))  # old names still read
+            parser.add_argument(*flags, dest=f.name, type=kind, choices=choices, help=rules["help"])
         names.append(f.name)
     return names
 
