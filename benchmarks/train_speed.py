@@ -113,8 +113,9 @@ def ours_trainer(arch: str, state: dict, batch: int, size: int, flags: str, outp
 
     args = build_parser().parse_args(["train", *shlex.split(flags)])
     config = resolve_config(args).replace(
-        model=dict(ARCHS[arch]), resolution=size, eval_resolution=size, batch_size=batch, learning_rate=LEARNING_RATE,
-        warmup_steps=0, lr_schedule="constant", grad_clip=0.0, beta=BETA, output=str(output),
+        model=dict(ARCHS[arch]), resolution=size, final_resolution=None, eval_resolution=size, batch_size=batch,
+        learning_rate=LEARNING_RATE, warmup_steps=0, lr_schedule="constant", grad_clip=0.0, reconstruction="mse",
+        beta=BETA, output=str(output),
     )
     trainer = Trainer(config.validate(), progress=False, overwrite=True)
     trainer.accelerator.unwrap_model(trainer.model).load_state_dict(state)

@@ -72,5 +72,8 @@ def locate(name: str | os.PathLike, subfolder: str | None = None, **hub_options)
             if any(local.glob(weights)):
                 return local
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
-        raise FileNotFoundError(f"{name}: not found on the Hub ({type(error).__name__})") from None
+        raise FileNotFoundError(
+            f"no such VAE file or folder: {name}, and the Hub has no {repo_id}"
+            f"{'@' + revision if revision else ''} ({type(error).__name__})"
+        ) from None
     raise FileNotFoundError(f"{name}: the Hub repo has no VAE weights in {folder or 'its root'}")

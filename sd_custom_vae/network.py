@@ -42,7 +42,9 @@ class ResidualBlock(nn.Module):
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(x, self.start(x))
+        # The first half's output is handed over in a list that finish() empties: as an argument, the caller
+        # would hold it for the whole call, one activation more at the peak than diffusers' block.
+        return self.finish(x, [self.start(x)])
 
     # Two halves, each opening with its GroupNorm: exact tiling runs them one at a time (see tiling.py).
     # Without autograd nothing needs the intermediates: SiLU and the residual sum can overwrite fresh
@@ -53,10 +55,14 @@ class ResidualBlock(nn.Module):
         """GroupNorm → SiLU → conv1."""
         return self.conv1(F.silu(self.norm1(x), inplace=not torch.is_grad_enabled()))
 
-    def finish(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """GroupNorm → SiLU → conv2 of the first half's output `h`, plus the shortcut of the block's input `x`."""
+    def finish(self, x: torch.Tensor, h: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """GroupNorm → SiLU → conv2 of the first half's output `h` (or a list holding only it, which is emptied
+        so that `h` is freed once normalised), plus the shortcut of the block's input `x`."""
+        if isinstance(h, list):
+            h = h.pop()
         inplace = not torch.is_grad_enabled()
-        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
+        h = self.norm2(h)  # its own statement: the first half's output is freed here, before conv2 runs
+        h = self.conv2(F.silu(h, inplace=inplace))
         skip = x if self.shortcut is None else self.shortcut(x)
         return h.add_(skip) if inplace else skip + h
 
