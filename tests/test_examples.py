@@ -20,6 +20,7 @@ def load_example(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_train_and_convert_example(tmp_path, capsys):
     load_example("train_and_convert").main([*FAST, "--output", str(tmp_path / "run")])
     assert "LDM round trip identical: True" in capsys.readouterr().out
@@ -27,6 +28,7 @@ def test_train_and_convert_example(tmp_path, capsys):
     assert (tmp_path / "run" / "vae-ldm.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::sd_custom_vae.pipeline.LatentScaleWarning")
 def test_distill_student_example_distils_and_generates(tmp_path, capsys):
     teacher = tmp_path / "teacher"

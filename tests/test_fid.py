@@ -89,6 +89,7 @@ def test_the_sd_vae_card_protocol_resizes_the_shorter_side_then_crops_the_centre
         protocol_crops([wide], "coco", 256)
 
 
+@pytest.mark.slow
 @needs_weights
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_rfid_equals_the_reference_implementation_given_the_same_weights(network):

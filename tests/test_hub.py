@@ -92,6 +92,7 @@ PULL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_push_then_from_pretrained_round_trip(hub, run_dir, tmp_path):
     before = tree_digest(run_dir)
     result = push(run_dir, "user/tiny-vae", hub_env(hub, tmp_path), "--format", "both")
@@ -176,6 +177,7 @@ def test_not_a_run_or_model_folder(tmp_path, capsys):
     assert "neither a training run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_server_error_mid_push_then_rerun(hub, run_dir, tmp_path):
     env = hub_env(hub, tmp_path)
     before = tree_digest(run_dir)

@@ -98,6 +98,7 @@ FAST_FLAGS = ["--resolution", "32", "--eval-resolution", "32", "--final-resoluti
               "--eval-every", "100", "--sample-every", "100"]
 
 
+@pytest.mark.slow
 def test_kill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the same arithmetic in both runs
     steps = ["--steps", "16", "--checkpoint-every", "4"]
