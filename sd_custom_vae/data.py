@@ -233,6 +233,7 @@ class ImageData:
     description: str
     report: LoadReport
     val_fraction: float = 0.1
+    largest_side: int | None = None  # the largest shorter side among the training images, where they were all read
 
     @property
     def streaming(self) -> bool:
@@ -286,4 +287,4 @@ def load_image_data(
     if report.upscaled:
         warnings.warn(f"{name}: upscaled {report.upscaled} image(s) smaller than the {resolution}px crop", stacklevel=2)
     return ImageData(train, evaluation_crops(val, eval_resolution, eval_crops_per_image), source.description, report,
-                     val_fraction)
+                     val_fraction, largest)

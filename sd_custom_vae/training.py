@@ -106,7 +106,7 @@ class Trainer:
             config.data, config.resolution, config.val_fraction, config.eval_crops_per_image,
             config.eval_resolution or config.resolution, self.data_options,
         )
-        largest = self.data.report.largest_side if isinstance(self.data.train, list) else None
+        largest = self.data.largest_side
         if config.final_resolution and largest and config.final_resolution > MAX_UPSCALE * largest:
             # the final phase is a refinement a preset asks for: on images this small it would train on blown-up
             # copies, so the run goes on without it (and train_config.json records that)
