@@ -11,10 +11,12 @@ with its own statistics, so tiles come out in slightly different tones. Here the
    to a stored activation.
 2. Every activation between stages is stored whole: in memory while it fits the budget, else in a
    file on disk (written and read tile by tile, so it never sits in the process's memory). While a
-   stage writes its output, the per-group sums that the next GroupNorm needs are added up (float64),
-   so that GroupNorm normalises every tile with the statistics of the whole image.
+   stage writes its output, the per-group sums that the next GroupNorm needs are added up (each tile's
+   mean and variance, combined in float64), so that GroupNorm normalises every tile with the statistics
+   of the whole image.
 3. Each tile reads its input with a halo as wide as the stage's reach, runs the stage's modules on
-   it, and keeps the core: every convolution is computed once, no activation is recomputed.
+   it, and keeps the core: every convolution is computed once, no activation is recomputed. A stage's
+   tile side is chosen from its own working set (an upsample writes four output pixels per input pixel).
 4. A stage with attention (the mid block) sees every position at once; it runs untiled, at the
    lowest resolution, where it is small.
 
@@ -76,9 +78,14 @@ class Store:
     def write(self, y0: int, x0: int, tile: torch.Tensor) -> None:
         n, c, h, w = tile.shape
         if c % self.groups == 0:  # only such activations can feed a GroupNorm (images and latents cannot)
-            values = tile.reshape(n, self.groups, -1).double()
-            self.sums += torch.stack([torch.full_like(values[..., 0], values.shape[-1]), values.sum(-1),
-                                      values.square().sum(-1)], -1)
+            # the tile's own mean and variance in one pass over it (no float64 copy of a tile that may be
+            # hundreds of MB), combined across tiles as float64 sums
+            values = tile.unflatten(1, (self.groups, -1))  # a view: the tile may be a crop of a larger result
+            values = values.to(torch.promote_types(values.dtype, torch.float32))
+            variance, mean = torch.var_mean(values, dim=(2, 3, 4), correction=0)
+            count = torch.full_like(mean, tile[0].numel() // self.groups, dtype=torch.float64)
+            mean, variance = mean.double(), variance.double()
+            self.sums += torch.stack([count, count * mean, count * (variance + mean.square())], -1)
         if self.tensor is not None:
             self.tensor[:, :, y0 : y0 + h, x0 : x0 + w] = tile
             return
@@ -185,10 +192,18 @@ def _split(module: nn.Module) -> list[Stage]:
 
 
 class _Runner:
-    def __init__(self, network: Encoder | Decoder, config: TilingConfig, tile: int, x: torch.Tensor, groups: int):
-        self.network, self.config, self.tile, self.groups = network, config, tile, groups
+    def __init__(self, network: Encoder | Decoder, config: TilingConfig, largest_tile: int, x: torch.Tensor, groups: int):
+        self.network, self.config, self.largest_tile, self.groups = network, config, largest_tile, groups
         self.dtype, self.device = x.dtype, x.device  # stores live in host memory or on disk, tiles run on the device
         self.in_memory = 0  # bytes of stores held in memory
+
+    def tile_side(self, stage: Stage, n: int, in_channels: int) -> int:
+        """Output pixels per tile side such that the stage's working set fits half the budget: per output pixel
+        its input crop, GroupNorm and activation (in_channels per input pixel, 1/scale² of them per output
+        pixel), and the convolution's output, the upsample's phases and their interleaving (out_channels)."""
+        per_pixel = 3 * n * self.dtype.itemsize * (in_channels / stage.scale**2 + stage.out_channels)
+        side = int(math.sqrt(self.config.max_memory // 2 / per_pixel))
+        return max(16, min(self.largest_tile, side) // 8 * 8)
 
     def store(self, shape: tuple[int, ...]) -> Store:
         nbytes = math.prod(shape) * self.dtype.itemsize
@@ -209,7 +224,9 @@ class _Runner:
         if stage.whole:
             out.write(0, 0, stage.run(inputs[0].whole().to(self.device)).cpu())
             return out
-        step = self.tile if stage.scale <= 1 else self.tile * int(stage.scale)  # whole input pixels per tile
+        step = self.tile_side(stage, n, inputs[0].shape[1])
+        if stage.scale > 1:
+            step = max(int(stage.scale), step // int(stage.scale) * int(stage.scale))  # whole input pixels per tile
         before, after = stage.halo
         for oy in range(0, out_h, step):
             for ox in range(0, out_w, step):
@@ -251,18 +268,10 @@ class _Runner:
                     store.close()
 
 
-def _tile_side(network: nn.Module, n: int, tile_size_pixels: int, config: TilingConfig) -> int:
-    """A tile side (in the activation's pixels at full resolution) whose working set fits half the budget."""
-    widest = max(m.out_channels for m in network.modules() if isinstance(m, nn.Conv2d))
-    working = 6 * n * widest * 4  # bytes per tile pixel: input crop, norm, activation, conv output, phases
-    side = int(math.sqrt(max(1, config.max_memory // 2 // working)))
-    return max(16, min(tile_size_pixels, side) // 8 * 8)
-
-
 def _run(network: Encoder | Decoder, x: torch.Tensor, config: TilingConfig, tile_size_pixels: int) -> torch.Tensor:
     groups = next(m.num_groups for m in network.modules() if isinstance(m, GroupNorm))
     with torch.no_grad():
-        return _Runner(network, config, _tile_side(network, x.shape[0], tile_size_pixels, config), x, groups).run(x)
+        return _Runner(network, config, tile_size_pixels, x, groups).run(x)
 
 
 def tiled_encode(encoder: Encoder, x: torch.Tensor, config: TilingConfig) -> torch.Tensor:
