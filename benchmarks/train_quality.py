@@ -7,8 +7,9 @@
 
 Prints the wall time of the whole command, from start-up to the exported model, then `sd-custom-vae eval`
 of the model on the held-out built-in photos: PSNR/SSIM on 64-px and 256-px crops, and rFID (with its image
-count: a few dozen crops make it a rough signal) and LPIPS at 256 px. Appends the row to
-benchmarks/results/train_quality.json.
+count: a few dozen crops make it a rough signal) and LPIPS at 256 px; beside them, the PSNR of plain resizing
+on the same crops (shrunk by the model's downsampling factor, enlarged back): what a VAE has to beat, since
+its latent holds about as many numbers per image. Appends the row to benchmarks/results/train_quality.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch.nn.functional as F
 from results_file import append_row
+
+from sd_custom_vae.evaluation import protocol_crops
+from sd_custom_vae.image_sources import builtin_source
+from sd_custom_vae.metrics import psnr
+from sd_custom_vae.network import downsampling_factor
 
 
 def main() -> None:
@@ -45,9 +52,13 @@ def main() -> None:
     metrics = json.loads((output / "metrics.json").read_text())
     config = json.loads((output / "train_config.json").read_text())
     evals = {size: evaluate(output, size) for size in (64, 256)}
+    factor = downsampling_factor(json.loads((output / "model" / "config.json").read_text())["block_out_channels"])
+    for size, table in evals.items():
+        table["resize_psnr"] = resize_psnr(size, factor)
     row = {
         "preset": metrics["preset"], "steps": metrics["steps"], "resolution": config["resolution"],
-        "final_resolution": config.get("final_resolution"), "parameters": metrics["parameters"],
+        "final_resolution": config.get("final_resolution"), "learning_rate": config["learning_rate"],
+        "seed": config["seed"], "parameters": metrics["parameters"],
         "mixed_precision": metrics.get("mixed_precision"),
         **{f"{key}_{size}": value for size, table in evals.items() for key, value in table.items()},
         "training_s": metrics["wall_time_s"], "wall_s": None if wall is None else round(wall, 1), "cpus": os.cpu_count(),
@@ -59,10 +70,11 @@ def main() -> None:
         f"wall time {'?' if wall is None else f'{wall / 60:.1f}'} min (training loop {row['training_s'] / 60:.1f} min) "
         f"on {row['cpus']} CPUs\n"
         f"held-out built-in photos, 64-px crops:  PSNR {row['psnr_64']:.2f} dB, SSIM {row['ssim_64']:.3f} "
-        f"({row['crops_64']} crops)\n"
+        f"({row['crops_64']} crops); resizing ×{factor} down and up: {row['resize_psnr_64']:.2f} dB\n"
         f"held-out built-in photos, 256-px crops: PSNR {row['psnr_256']:.2f} dB, SSIM {row['ssim_256']:.3f}, "
         + (f"rFID {row['rfid_256']:.1f} over {row['crops_256']} crops, " if "rfid_256" in row else "")
         + (f"LPIPS {row.get('lpips_256', row.get('st_lpips_256')):.3f}" if any(k in row for k in ("lpips_256", "st_lpips_256")) else "")
+        + f"; resizing ×{factor} down and up: {row['resize_psnr_256']:.2f} dB"
         + f"\nrun folder: {output}"
     )
     append_row("train_quality.json", row)
@@ -79,6 +91,15 @@ def evaluate(run: Path, size: int) -> dict:
     vae = table["vaes"][0]
     keys = ("psnr", "ssim", "rfid", "lpips", "st_lpips")
     return {"crops": table["crops"], **{key: vae[key] for key in keys if key in vae}}
+
+
+def resize_psnr(size: int, factor: int) -> float:
+    """PSNR of the crops `evaluate` uses, shrunk `factor`× (area average) and enlarged back (bicubic)."""
+    source = builtin_source()
+    held_out = protocol_crops([source.image(i) for i in source.split(0.0)[1]], "crops", size, per_image=4)  # as eval's
+    small = F.interpolate(held_out, scale_factor=1 / factor, mode="area")
+    resized = F.interpolate(small, scale_factor=factor, mode="bicubic").clamp(-1, 1)
+    return psnr(resized, held_out).mean().item()
 
 
 if __name__ == "__main__":
