@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from results_file import append_row
 
 from sd_custom_vae.evaluation import protocol_crops
-from sd_custom_vae.image_sources import builtin_source
+from sd_custom_vae.image_sources import builtin_held_out
 from sd_custom_vae.metrics import psnr
 from sd_custom_vae.network import downsampling_factor
 
@@ -95,8 +95,7 @@ def evaluate(run: Path, size: int) -> dict:
 
 def resize_psnr(size: int, factor: int) -> float:
     """PSNR of the crops `evaluate` uses, shrunk `factor`× (area average) and enlarged back (bicubic)."""
-    source = builtin_source()
-    held_out = protocol_crops([source.image(i) for i in source.split(0.0)[1]], "crops", size, per_image=4)  # as eval's
+    held_out = protocol_crops(builtin_held_out(), "crops", size, per_image=4)
     small = F.interpolate(held_out, scale_factor=1 / factor, mode="area")
     resized = F.interpolate(small, scale_factor=factor, mode="bicubic").clamp(-1, 1)
     return psnr(resized, held_out).mean().item()

@@ -384,6 +384,12 @@ def builtin_source() -> MapSource:
     )
 
 
+def builtin_held_out() -> list[Image.Image]:
+    """The built-in photos that training holds out (what `eval` measures without --data)."""
+    source = builtin_source()
+    return [source.image(i) for i in source.split(0.0)[1]]
+
+
 def take(source: MapSource | StreamSource, limit: int | None = None) -> list[Image.Image]:
     """Every readable image of `source` (the first `limit`), for evaluation or calibration."""
     if isinstance(source, MapSource):

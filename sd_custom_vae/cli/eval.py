@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import fid
     from ..evaluation import evaluate_vaes, format_table, protocol_crops
-    from ..image_sources import builtin_source, open_source, take
+    from ..image_sources import builtin_held_out, open_source, take
     from ..images import grid, save_png
     from ..loading import load_vae
     from . import pick_device
@@ -71,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
     vaes = {name: load_vae(name, torch.float32, args.subfolder).to(device) for name in args.vaes}
     teacher = load_vae(args.teacher, torch.float32, args.subfolder).to(device) if args.teacher else None
     if args.data is None:  # the built-in photos: their held-out ones, never trained on
-        source = builtin_source()
-        images = [source.image(i) for i in source.split(0.0)[1]]
+        images = builtin_held_out()
         where = "built-in validation photos"
     else:
         source = open_source(args.data, data_options(args))
