@@ -53,8 +53,9 @@ def main() -> None:
     config = json.loads((output / "train_config.json").read_text())
     evals = {size: evaluate(output, size) for size in (64, 256)}
     factor = downsampling_factor(json.loads((output / "model" / "config.json").read_text())["block_out_channels"])
+    photos = builtin_held_out()
     for size, table in evals.items():
-        table["resize_psnr"] = resize_psnr(size, factor)
+        table["resize_psnr"] = resize_psnr(photos, size, factor)
     row = {
         "preset": metrics["preset"], "steps": metrics["steps"], "resolution": config["resolution"],
         "final_resolution": config.get("final_resolution"), "learning_rate": config["learning_rate"],
@@ -93,9 +94,9 @@ def evaluate(run: Path, size: int) -> dict:
     return {"crops": table["crops"], **{key: vae[key] for key in keys if key in vae}}
 
 
-def resize_psnr(size: int, factor: int) -> float:
-    """PSNR of the crops `evaluate` uses, shrunk `factor`× (area average) and enlarged back (bicubic)."""
-    held_out = protocol_crops(builtin_held_out(), "crops", size, per_image=4)
+def resize_psnr(photos: list, size: int, factor: int) -> float:
+    """PSNR of the crops of `photos` that `evaluate` uses, shrunk `factor`× (area average) and enlarged back (bicubic)."""
+    held_out = protocol_crops(photos, "crops", size, per_image=4)
     small = F.interpolate(held_out, scale_factor=1 / factor, mode="area")
     resized = F.interpolate(small, scale_factor=factor, mode="bicubic").clamp(-1, 1)
     return psnr(resized, held_out).mean().item()

@@ -164,14 +164,14 @@ def _check_type(where: str, value, annotation) -> None:
 
 
 # The default of `sd-custom-vae train`: Stable Diffusion's latent geometry (×8 downsampling over four
-# levels, 4 latent channels: a 512² image gives 64×64×4 latents) at an eighth of SD's width, in about
-# a quarter of an hour on two CPU cores. What each choice bought (PSNR on 256-px held-out crops, README):
-# the first half on 32-px crops (four times the steps of 64-px ones for the same compute; the network is
-# fully convolutional; it plateaus there after ~1000 steps), the second half on 128-px crops, where the
-# deepest level sees whole objects (22.8 dB for two seeds; a last fifth gave 22.8 and 21.0 in more time);
-# no mid-block attention (it only pays at 256 px and beyond); L1, bf16 where the CPU computes it natively;
-# learning rate 5e-4: at 2e-3 the loss stalled from step 1500 and the reconstructions lost their colour
-# (19.7-20.9 dB, saturation a third of the photos').
+# levels, 4 latent channels: a 512² image gives 64×64×4 latents) at an eighth of SD's width, in under a
+# quarter of an hour on two CPU cores (about 13 minutes). What each choice bought (PSNR on 256-px held-out
+# crops, README): the first half on 32-px crops (four times the steps of 64-px ones for the same compute;
+# the network is fully convolutional; it plateaus there after ~1000 steps, yet a shorter first phase
+# lost 3 dB), the second half on 128-px crops, where the deepest level sees whole objects (22.8 dB for
+# two seeds; a last fifth gave 22.8 and 21.0 in more time); no mid-block attention (it only pays at 256 px
+# and beyond); L1, bf16 where the CPU computes it natively; learning rate 5e-4: at 2e-3 the loss stalled
+# from step 1500 and the reconstructions lost their colour (19.7-20.9 dB, saturation a third of the photos').
 TINY = TrainConfig(
     preset="tiny",
     model=dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=16,
