@@ -9,7 +9,9 @@ Prints the wall time of the whole command, from start-up to the exported model, 
 of the model on the held-out built-in photos: PSNR/SSIM on 64-px and 256-px crops, and rFID (with its image
 count: a few dozen crops make it a rough signal) and LPIPS at 256 px; beside them, the PSNR of plain resizing
 on the same crops (shrunk by the model's downsampling factor, enlarged back): what a VAE has to beat, since
-its latent holds about as many numbers per image. Appends the row to benchmarks/results/train_quality.json.
+its latent holds about as many numbers per image; and the PSNR the model's reconstructions would have if the
+colour of each latent pixel's block were exact (its brightness and detail kept): the distance between that and
+the model's PSNR is what it loses in colour. Appends the row to benchmarks/results/train_quality.json.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from results_file import append_row
 
-from sd_custom_vae.evaluation import protocol_crops
+from sd_custom_vae.evaluation import protocol_crops, reconstruction_quality
 from sd_custom_vae.image_sources import builtin_held_out
+from sd_custom_vae.loading import load_vae
 from sd_custom_vae.metrics import psnr
 from sd_custom_vae.network import downsampling_factor
 
@@ -56,10 +60,12 @@ def main() -> None:
     photos = builtin_held_out()
     for size, table in evals.items():
         table["resize_psnr"] = resize_psnr(photos, size, factor)
+    evals[256]["colour_fixed_psnr"] = colour_fixed_psnr(output / "model", photos, 256, factor)
     row = {
         "preset": metrics["preset"], "steps": metrics["steps"], "resolution": config["resolution"],
         "final_resolution": config.get("final_resolution"), "learning_rate": config["learning_rate"],
-        "seed": config["seed"], "parameters": metrics["parameters"],
+        "seed": config["seed"], "reconstruction": config["reconstruction"], "model": config["model"],
+        "parameters": metrics["parameters"],
         "mixed_precision": metrics.get("mixed_precision"),
         **{f"{key}_{size}": value for size, table in evals.items() for key, value in table.items()},
         "training_s": metrics["wall_time_s"], "wall_s": None if wall is None else round(wall, 1), "cpus": os.cpu_count(),
@@ -76,6 +82,7 @@ def main() -> None:
         + (f"rFID {row['rfid_256']:.1f} over {row['crops_256']} crops, " if "rfid_256" in row else "")
         + (f"LPIPS {row.get('lpips_256', row.get('st_lpips_256')):.3f}" if any(k in row for k in ("lpips_256", "st_lpips_256")) else "")
         + f"; resizing ×{factor} down and up: {row['resize_psnr_256']:.2f} dB"
+        + f"; with the colour of each {factor}×{factor} block exact: {row['colour_fixed_psnr_256']:.2f} dB"
         + f"\nrun folder: {output}"
     )
     append_row("train_quality.json", row)
@@ -100,6 +107,22 @@ def resize_psnr(photos: list, size: int, factor: int) -> float:
     small = F.interpolate(held_out, scale_factor=1 / factor, mode="area")
     resized = F.interpolate(small, scale_factor=factor, mode="bicubic").clamp(-1, 1)
     return psnr(resized, held_out).mean().item()
+
+
+# BT.601 luma weights. An offset along (1, 1, 1) changes only the luma Y, so an RGB error minus its luma along
+# (1, 1, 1) is the error's colour part (its Cb and Cr), with the same luma as no error at all.
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+def colour_fixed_psnr(model: Path, photos: list, size: int, factor: int) -> float:
+    """PSNR of the model's reconstructions of `evaluate`'s crops after the mean colour (not brightness) of each
+    `factor`×`factor` block is set to the original's, the correction enlarged smoothly (bicubic)."""
+    held_out = protocol_crops(photos, "crops", size, per_image=4)
+    _, reconstructions = reconstruction_quality(load_vae(model, dtype=torch.float32), held_out)
+    error = F.avg_pool2d(reconstructions - held_out, factor)
+    colour_error = error - (LUMA * error).sum(1, keepdim=True)
+    fixed = reconstructions - F.interpolate(colour_error, scale_factor=factor, mode="bicubic")
+    return psnr(fixed.clamp(-1, 1), held_out).mean().item()
 
 
 if __name__ == "__main__":

@@ -131,7 +131,9 @@ class Trainer:
         self.ema = EMAModel(trainable, decay=config.ema_decay) if config.ema_decay > 0 else None
         self.model, self.optimizer = self.accelerator.prepare(self.vae, self.optimizer)
         if config.compile:
-            self.model = torch.compile(self.model)
+            # one static graph per crop phase: the final phase changes the crop side and batch size once, and the
+            # dynamic-shape graph torch would otherwise build then fails to compile for the CPU (torch 2.13)
+            self.model = torch.compile(self.model, dynamic=False)
         self.compile_s = 0.0  # the first step's extra time, when compiling
         self.adversary = self.loss.adversary
         if self.adversary is not None:
@@ -155,6 +157,11 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
 
+    def _plain_model(self) -> ScratchVAE:
+        """The ScratchVAE itself: without the process wrapper, and uncompiled (a compiled one is an OptimizedModule,
+        which evaluation would not recognise, and every validation shape would compile anew)."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
     def _next_batch(self) -> torch.Tensor:
         images = self.feed.batch(self.step).to(self.accelerator.device, non_blocking=True)
         return images.contiguous(memory_format=torch.channels_last) if self.config.channels_last else images
@@ -166,7 +173,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         config, a = self.config, self.accelerator
-        unwrapped = a.unwrap_model(self.model)
+        unwrapped = self._plain_model()
         adversarial = self.loss.adversarial_active(self.step)
         logged: dict[str, float] = {}
         for micro in range(config.gradient_accumulation):
@@ -205,7 +212,7 @@ class Trainer:
 
     def _with_ema(self, fn):
         """Run fn on the unwrapped model with the EMA weights swapped in, when there are any."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._plain_model()
         if self.ema is None:
             return fn(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -235,7 +242,7 @@ class Trainer:
     def save_state(self) -> Path:
         """A checkpoint of everything ``--resume`` needs, once the weights are known to be sane."""
         a = self.accelerator
-        model = a.unwrap_model(self.model)
+        model = self._plain_model()
         training_state.check_sane(model, self.step, self.last_checkpoint)
         a.wait_for_everyone()
         folder = self.output / run_files.CHECKPOINTS_DIR / f"step-{self.step:06d}"
@@ -261,7 +268,7 @@ class Trainer:
 
     def load_state(self, files: dict, folder: Path) -> None:
         """Everything needed to continue exactly: weights, optimizer, scheduler, EMA, step and logs."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._plain_model()
         try:
             model.load_state_dict(files[run_files.MODEL_WEIGHTS])
         except RuntimeError as error:

@@ -214,3 +214,18 @@ def test_train_command_takes_the_teacher_flags():
     args = build_parser().parse_args(["train", "--mode", "decoder-finetune", "--teacher", "t", "--decoder-init", "scratch"])
     config = resolve_config(args)
     assert (config.preset, config.mode, config.decoder_init) == ("tiny", "decoder-finetune", "scratch")
+
+
+@pytest.mark.slow
+def test_compiled_run_crosses_the_crop_phases_and_exports(tmp_path):
+    # --compile: validation and export see the plain ScratchVAE, and the final phase's new crop side compiles
+    # a second static graph (a dynamic-shape one failed to compile for the CPU). One level: compiling is the cost.
+    model = dict(block_out_channels=(16,), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                 mid_block_add_attention=False)
+    config = load_config("tiny", steps=4, model=model, output=str(tmp_path / "run"), compile=True,
+                         **dict(FAST, resolution=16, final_resolution=32, final_fraction=0.5, eval_every=4, sample_every=4))
+    result = train(config, progress=False)
+    metrics = json.loads((result.output / run_files.METRICS).read_text())
+    assert metrics["steps"] == 4 and "compile_s" in metrics and torch.isfinite(torch.tensor(metrics["psnr"]))
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4]
+    CustomAutoencoderKL.from_pretrained(result.output / run_files.MODEL_DIR)
