@@ -56,11 +56,14 @@ def main() -> None:
     metrics = json.loads((output / "metrics.json").read_text())
     config = json.loads((output / "train_config.json").read_text())
     evals = {size: evaluate(output, size) for size in (64, 256)}
-    factor = downsampling_factor(json.loads((output / "model" / "config.json").read_text())["block_out_channels"])
+    vae = load_vae(output / "model", dtype=torch.float32)
+    factor = downsampling_factor(vae.config.block_out_channels)
     photos = builtin_held_out()
     for size, table in evals.items():
-        table["resize_psnr"] = resize_psnr(photos, size, factor)
-    evals[256]["colour_fixed_psnr"] = colour_fixed_psnr(output / "model", photos, 256, factor)
+        held_out = protocol_crops(photos, "crops", size, per_image=4)  # the crops `evaluate` measured
+        table["resize_psnr"] = resize_psnr(held_out, factor)
+        if size == 256:
+            table["colour_fixed_psnr"] = colour_fixed_psnr(vae, held_out, factor)
     row = {
         "preset": metrics["preset"], "steps": metrics["steps"], "resolution": config["resolution"],
         "final_resolution": config.get("final_resolution"), "learning_rate": config["learning_rate"],
@@ -101,9 +104,8 @@ def evaluate(run: Path, size: int) -> dict:
     return {"crops": table["crops"], **{key: vae[key] for key in keys if key in vae}}
 
 
-def resize_psnr(photos: list, size: int, factor: int) -> float:
-    """PSNR of the crops of `photos` that `evaluate` uses, shrunk `factor`× (area average) and enlarged back (bicubic)."""
-    held_out = protocol_crops(photos, "crops", size, per_image=4)
+def resize_psnr(held_out: torch.Tensor, factor: int) -> float:
+    """PSNR of the crops `held_out` shrunk `factor`× (area average) and enlarged back (bicubic)."""
     small = F.interpolate(held_out, scale_factor=1 / factor, mode="area")
     resized = F.interpolate(small, scale_factor=factor, mode="bicubic").clamp(-1, 1)
     return psnr(resized, held_out).mean().item()
@@ -114,11 +116,10 @@ def resize_psnr(photos: list, size: int, factor: int) -> float:
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
-def colour_fixed_psnr(model: Path, photos: list, size: int, factor: int) -> float:
-    """PSNR of the model's reconstructions of `evaluate`'s crops after the mean colour (not brightness) of each
+def colour_fixed_psnr(vae, held_out: torch.Tensor, factor: int) -> float:
+    """PSNR of `vae`'s reconstructions of the crops `held_out` after the mean colour (not brightness) of each
     `factor`×`factor` block is set to the original's, the correction enlarged smoothly (bicubic)."""
-    held_out = protocol_crops(photos, "crops", size, per_image=4)
-    _, reconstructions = reconstruction_quality(load_vae(model, dtype=torch.float32), held_out)
+    _, reconstructions = reconstruction_quality(vae, held_out)
     error = F.avg_pool2d(reconstructions - held_out, factor)
     colour_error = error - (LUMA * error).sum(1, keepdim=True)
     fixed = reconstructions - F.interpolate(colour_error, scale_factor=factor, mode="bicubic")
