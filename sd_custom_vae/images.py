@@ -73,7 +73,7 @@ TERM_TITLES = {
     "reconstruction": "reconstruction loss", "kl": "KL to N(0, I) (per sample)", "perceptual": "perceptual (ST-LPIPS)",
     "generator": "GAN: generator", "discriminator": "GAN: discriminator", "adversarial_weight": "GAN: adaptive weight",
     "logits_real": "GAN: logits on real", "logits_fake": "GAN: logits on fake", "latent": "latent error² vs teacher",
-    "logvar": "log-variance error vs teacher",
+    "logvar": "log-variance error vs teacher", "colour": "latent colour misfit (Σ 1 − R², Y Cb Cr)",
 }
 
 

@@ -29,6 +29,7 @@ def test_tiny_preset_learns_and_writes_its_run_folder(tmp_path):
     run = result.output
     reconstruction = [h["reconstruction"] for h in result.history]
     assert sum(reconstruction[-5:]) < 0.7 * sum(reconstruction[:5])  # the loss fell
+    assert result.history[-1]["colour"] < result.history[0]["colour"]  # the preset's colour term is trained
     for name in (run_files.METRICS, run_files.RECONSTRUCTIONS, run_files.LOSS_CURVE, run_files.TRAIN_CONFIG,
                  "samples/step-000010.png", "checkpoints/step-000030/model.safetensors"):
         assert (run / name).exists(), name
