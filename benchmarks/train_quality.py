@@ -32,6 +32,7 @@ from results_file import append_row
 from sd_custom_vae.evaluation import protocol_crops, reconstruction_quality
 from sd_custom_vae.image_sources import builtin_held_out
 from sd_custom_vae.loading import load_vae
+from sd_custom_vae.losses import RGB_TO_YCBCR
 from sd_custom_vae.metrics import psnr
 from sd_custom_vae.network import downsampling_factor
 
@@ -111,9 +112,9 @@ def resize_psnr(held_out: torch.Tensor, factor: int) -> float:
     return psnr(resized, held_out).mean().item()
 
 
-# BT.601 luma weights. An offset along (1, 1, 1) changes only the luma Y, so an RGB error minus its luma along
-# (1, 1, 1) is the error's colour part (its Cb and Cr), with the same luma as no error at all.
-LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+# BT.601 luma weights (YCbCr's first row). An offset along (1, 1, 1) changes only the luma Y, so an RGB error minus
+# its luma along (1, 1, 1) is the error's colour part (its Cb and Cr), with the same luma as no error at all.
+LUMA = RGB_TO_YCBCR[0].view(1, 3, 1, 1)
 
 
 def colour_fixed_psnr(vae, held_out: torch.Tensor, factor: int) -> float:
