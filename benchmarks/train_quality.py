@@ -32,7 +32,7 @@ from results_file import append_row
 from sd_custom_vae.evaluation import protocol_crops, reconstruction_quality
 from sd_custom_vae.image_sources import builtin_held_out
 from sd_custom_vae.loading import load_vae
-from sd_custom_vae.losses import RGB_TO_YCBCR
+from sd_custom_vae.colour import RGB_TO_YCBCR
 from sd_custom_vae.metrics import psnr
 from sd_custom_vae.network import downsampling_factor
 

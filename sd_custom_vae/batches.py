@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .data import CropBatches, ImageData, RandomCrops, StreamCrops
+from .data import Augmentation, CropBatches, ImageData, RandomCrops, StreamCrops
 from .train_config import TrainConfig
 
 
@@ -50,11 +50,14 @@ class BatchFeed:
         first, resolution, batch_size = phases(config)[self.phase]
         start = (step - first) * config.gradient_accumulation
         seed = config.seed + 1_000 * self.phase  # each phase draws its own crops
+        augmentation = Augmentation(min_scale=config.min_crop_scale, hue_rotation=config.hue_rotation)
         if self.data.streaming:
-            stream = StreamCrops(self.data.train, resolution, self.data.val_fraction, seed, self.rank, self.processes)
+            stream = StreamCrops(self.data.train, resolution, self.data.val_fraction, seed, self.rank, self.processes,
+                                 augmentation)
             return stream.batches(batch_size, start)
+        crops = RandomCrops(self.data.train, resolution, seed=seed, augmentation=augmentation)
         loader = torch.utils.data.DataLoader(
-            CropBatches(RandomCrops(self.data.train, resolution, seed=seed), batch_size, self.rank, self.processes),
+            CropBatches(crops, batch_size, self.rank, self.processes),
             batch_size=None,
             sampler=itertools.count(start),  # batch numbers: the workers only decode and crop
             num_workers=config.num_workers,

@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 
 import conversion
 
-from .data import DataOptions, LoadReport, RandomCrops, SourceImages, StreamSource, prepare_images, open_source
+from .data import (
+    Augmentation, DataOptions, LoadReport, RandomCrops, SourceImages, StreamSource, open_source, prepare_images,
+)
 from .image_sources import take
 from .latent_space import CALIBRATION_KEY, is_calibrated  # noqa: F401  (is_calibrated: public here since 0.1)
 from .network import downsampling_factor
@@ -114,7 +116,7 @@ def calibrate(
     if resolution % factor:
         raise ValueError(f"resolution {resolution} must be a multiple of the VAE's downsampling factor {factor}")
     images, description = _all_images(data, resolution, options, limit=crops)
-    dataset = RandomCrops(images, resolution, seed=seed, flip=False, length=crops)
+    dataset = RandomCrops(images, resolution, seed=seed, augmentation=Augmentation(flip=False), length=crops)
     batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     generator = torch.Generator(vae.device).manual_seed(seed)
     mean, std, count = latent_statistics(vae, batches, generator, total=len(batches), progress=progress)

@@ -1,14 +1,16 @@
 """Images as training and evaluation see them: tensors, random crops, the validation crops of a run.
 
 Images are RGB tensors in [-1, 1], as Stable Diffusion's VAE expects. Training draws random
-crops (and flips); every draw is a pure function of (seed, sample number), so a resumed run sees
-exactly the crops an uninterrupted one would have, on any number of processes. Where the images
-come from (a folder, the built-in photos, a 🤗 dataset, WebDataset shards) is ``image_sources``.
+crops (flipped, and if asked rescaled or hue-turned: ``Augmentation``); every draw is a pure function of
+(seed, sample number), so a resumed run sees exactly the crops an uninterrupted one would have, on any
+number of processes. Where the images come from (a folder, the built-in photos, a 🤗 dataset, WebDataset
+shards) is ``image_sources``.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .colour import rotate_hue
 from .image_sources import (  # noqa: F401 (the names this module has always offered)
     BUILTIN,
     IMAGE_SUFFIXES,
@@ -115,17 +118,28 @@ class SourceImages(Sequence):
         raise ValueError(f"{self.source.description}: none of the images could be read")
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """What a training crop may show besides the image as it is."""
+
+    flip: bool = True  # a mirror image, half the time
+    min_scale: float = 1.0  # the image shrunk by a random factor down to this: more of it in a crop
+    hue_rotation: float = 0.0  # this share of crops with the hue turned by a random angle: colours the photos lack
+
+
 class RandomCrops(torch.utils.data.Dataset):
-    """Sample `k` is a random crop (and maybe a horizontal flip) drawn with a generator seeded by (seed, k).
+    """Sample `k` is a random crop, augmented, drawn with a generator seeded by (seed, k).
 
     Given a list of images, larger photos are drawn more often (weight ∝ sqrt(area)): they hold more
     distinct crops. A lazily decoded source (``SourceImages``) is drawn from uniformly.
     """
 
-    def __init__(self, images: Sequence[Image.Image], resolution: int, seed: int = 0, flip: bool = True, length: int = 2**62):
+    def __init__(self, images: Sequence[Image.Image], resolution: int, seed: int = 0,
+                 augmentation: Augmentation = Augmentation(), length: int = 2**62):
         if not len(images):
             raise ValueError("no images to train on")
-        self.images, self.resolution, self.seed, self.flip, self.length = images, resolution, seed, flip, length
+        self.images, self.resolution, self.seed, self.length = images, resolution, seed, length
+        self.augmentation = augmentation
         if isinstance(images, list):
             weights = torch.tensor([float(im.width * im.height) ** 0.5 for im in images])
         else:
@@ -139,7 +153,7 @@ class RandomCrops(torch.utils.data.Dataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
         image = self.images[int(torch.multinomial(self.weights, 1, generator=generator))]
         # images were prepared for the first phase's crops; a later phase's larger ones may need them larger
-        return random_crop(at_least(image, self.resolution), self.resolution, generator, self.flip)
+        return random_crop(at_least(image, self.resolution), self.resolution, generator, self.augmentation)
 
 
 # where evaluation crops sit, as fractions of the free space: the centre first, then towards the corners
@@ -181,9 +195,9 @@ class StreamCrops:
     one random crop per image drawn with a generator seeded by (seed, rank, image number)."""
 
     def __init__(self, source: StreamSource, resolution: int, val_fraction: float, seed: int = 0,
-                 rank: int = 0, processes: int = 1, flip: bool = True):
+                 rank: int = 0, processes: int = 1, augmentation: Augmentation = Augmentation()):
         self.source, self.resolution, self.val_fraction = source, resolution, val_fraction
-        self.seed, self.rank, self.processes, self.flip = seed, rank, processes, flip
+        self.seed, self.rank, self.processes, self.augmentation = seed, rank, processes, augmentation
 
     def examples(self, epochs: int | None = None) -> Iterator[tuple[int, bytes, dict]]:
         """(image number, key, raw example) of the training images in this process's share, epoch after epoch."""
@@ -209,18 +223,29 @@ class StreamCrops:
             if image is None:
                 continue
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + number) * 1009 + self.rank)
-            crops.append(random_crop(at_least(image, self.resolution), self.resolution, generator, self.flip))
+            image = at_least(image, self.resolution)
+            crops.append(random_crop(image, self.resolution, generator, self.augmentation))
             if len(crops) == batch_size:
                 yield torch.stack(crops)
                 crops = []
 
 
-def random_crop(image: Image.Image, resolution: int, generator: torch.Generator, flip: bool) -> torch.Tensor:
-    top = int(torch.randint(0, image.height - resolution + 1, (1,), generator=generator))
-    left = int(torch.randint(0, image.width - resolution + 1, (1,), generator=generator))
-    crop = to_tensor(image.crop((left, top, left + resolution, top + resolution)))
-    if flip and torch.rand((), generator=generator) < 0.5:
+def random_crop(image: Image.Image, resolution: int, generator: torch.Generator, augmentation: Augmentation):
+    """A `resolution`-px square of `image` at a random place, augmented. An option draws only when it is on, so
+    with rescaling and hue rotation off a seed gives the crops it gave before they existed."""
+    side = resolution
+    if augmentation.min_scale < 1:
+        scale = augmentation.min_scale + (1 - augmentation.min_scale) * float(torch.rand((), generator=generator))
+        side = max(resolution, min(round(resolution / scale), image.width, image.height))
+    top = int(torch.randint(0, image.height - side + 1, (1,), generator=generator))
+    left = int(torch.randint(0, image.width - side + 1, (1,), generator=generator))
+    box = (left, top, left + side, top + side)
+    crop = image.crop(box) if side == resolution else image.resize((resolution, resolution), Image.BICUBIC, box=box)
+    crop = to_tensor(crop)
+    if augmentation.flip and torch.rand((), generator=generator) < 0.5:
         crop = crop.flip(-1)
+    if augmentation.hue_rotation > 0 and torch.rand((), generator=generator) < augmentation.hue_rotation:
+        crop = rotate_hue(crop, 2 * math.pi * float(torch.rand((), generator=generator)))
     return crop
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .colour import RGB_TO_YCBCR
 from .train_config import TrainConfig
 
 
@@ -25,10 +26,6 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, kind
     if kind == "l1":
         return F.l1_loss(reconstruction, target)
     raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'mse' or 'l1'")
-
-
-# JPEG's YCbCr: brightness (BT.601 luma) and the two colour differences
-RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]])
 
 
 def latent_colour_misfit(mean: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

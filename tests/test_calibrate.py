@@ -12,7 +12,7 @@ from conversion import save_checkpoint, to_scratch
 from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.calibrate import CALIBRATION_KEY, calibrate, is_calibrated
 from sd_custom_vae.cli import main
-from sd_custom_vae.data import RandomCrops, find_images, load_images
+from sd_custom_vae.data import Augmentation, RandomCrops, find_images, load_images
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def image_folder(tmp_path_factory):
 
 def posterior_of_crops(vae, folder, count: int):
     """An independent draw of the crops calibration measures."""
-    crops = RandomCrops(load_images(find_images(folder), 32), 32, seed=7, flip=False, length=count)
+    images = load_images(find_images(folder), 32)
+    crops = RandomCrops(images, 32, seed=7, augmentation=Augmentation(flip=False), length=count)
     with torch.no_grad():
         return vae.encode(torch.stack([crops[i] for i in range(count)])).latent_dist
 

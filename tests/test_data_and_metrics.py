@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from sd_custom_vae.data import (
+    Augmentation,
     RandomCrops,
     builtin_photos,
     evaluation_crops,
@@ -14,7 +17,8 @@ from sd_custom_vae.data import (
     to_image,
     to_tensor,
 )
-from sd_custom_vae.losses import RGB_TO_YCBCR, kl_divergence, latent_colour_misfit
+from sd_custom_vae.colour import RGB_TO_YCBCR, rotate_hue
+from sd_custom_vae.losses import kl_divergence, latent_colour_misfit
 from sd_custom_vae.metrics import psnr, ssim
 
 
@@ -54,6 +58,32 @@ def test_random_crops_are_a_pure_function_of_seed_and_index():
     assert torch.equal(crops[7], crops[7])
     assert crops[7].shape == (3, 16, 16)
     assert not torch.equal(crops[7], crops[8])
+
+def test_random_scale_crops_show_more_of_the_image_shrunk_to_the_crop_side():
+    ramp = Image.fromarray(np.tile(np.arange(0, 256, 2, dtype=np.uint8), (128, 1))).convert("RGB")  # 2 levels a pixel
+    native = RandomCrops([ramp], 16, augmentation=Augmentation(flip=False))
+    scaled = RandomCrops([ramp], 16, augmentation=Augmentation(flip=False, min_scale=0.25))
+    spans = [float(c[0, 0, -1] - c[0, 0, 0]) * 127.5 / 2 for c in (scaled[k] for k in range(20))]  # in source pixels
+    assert all(native[k].shape == scaled[k].shape == (3, 16, 16) for k in range(20))
+    assert {round(float(native[k][0, 0, -1] - native[k][0, 0, 0]) * 127.5 / 2) for k in range(20)} == {15}
+    assert max(spans) > 40 and min(spans) >= 14  # up to 64 px of the image in 16 px, never less than native
+    assert torch.equal(scaled[3], scaled[3])
+
+
+
+def test_hue_rotation_turns_colour_keeps_brightness_and_grey_and_comes_back_full_circle():
+    image = torch.rand(3, 8, 8) * 1.2 - 0.6  # inside the range with room to turn
+    grey = torch.full((3, 8, 8), 0.3)
+    luma = lambda x: torch.einsum("i,ihw->hw", RGB_TO_YCBCR[0], x)  # noqa: E731
+    turned = rotate_hue(image, 2.0)
+    assert torch.allclose(luma(turned), luma(image), atol=1e-5) and not torch.allclose(turned, image, atol=0.05)
+    assert torch.allclose(rotate_hue(turned, -2.0), image, atol=1e-5)
+    assert torch.allclose(rotate_hue(grey, 1.0), grey, atol=1e-6)
+    red = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)
+    assert rotate_hue(red, math.pi)[0].item() < -0.5  # red turned half-way round is cyan
+    crops = RandomCrops([Image.new("RGB", (32, 32), (200, 40, 40))], 16, augmentation=Augmentation(hue_rotation=0.5))
+    hues = {tuple(crops[k][:, 0, 0].round(decimals=2).tolist()) for k in range(40)}
+    assert 10 < len(hues) < 40  # about half the crops keep their red, the rest each turned by its own angle
 
 
 def test_evaluation_crops_show_every_photo_first():

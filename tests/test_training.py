@@ -22,13 +22,14 @@ FAST = dict(resolution=32, eval_resolution=32, final_resolution=0, batch_size=4,
 
 
 def test_tiny_preset_learns_and_writes_its_run_folder(tmp_path):
-    # MSE: its relative fall is steep enough to show in 30 steps (L1, the preset's, falls 20 % by then)
+    # MSE: its fall is steep enough to show in 30 steps. It shows on the fixed validation crops: the training
+    # crops' losses, four randomly rescaled and hue-turned crops a step, vary more than 30 steps lower them.
     config = load_config("tiny", steps=30, output=str(tmp_path / "run"),
                          **dict(FAST, learning_rate=2e-3, reconstruction="mse"))
     result = train(config, progress=False)
     run = result.output
-    reconstruction = [h["reconstruction"] for h in result.history]
-    assert sum(reconstruction[-5:]) < 0.7 * sum(reconstruction[:5])  # the loss fell
+    val = json.loads((run / run_files.CHECKPOINTS_DIR / "step-000030" / "state.json").read_text())["val_history"]
+    assert val[-1]["psnr"] > val[0]["psnr"] + 2  # dB
     assert result.history[-1]["colour"] < result.history[0]["colour"]  # the preset's colour term is trained
     for name in (run_files.METRICS, run_files.RECONSTRUCTIONS, run_files.LOSS_CURVE, run_files.TRAIN_CONFIG,
                  "samples/step-000010.png", "checkpoints/step-000030/model.safetensors"):
