@@ -223,8 +223,7 @@ class StreamCrops:
             if image is None:
                 continue
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + number) * 1009 + self.rank)
-            image = at_least(image, self.resolution)
-            crops.append(random_crop(image, self.resolution, generator, self.augmentation))
+            crops.append(random_crop(at_least(image, self.resolution), self.resolution, generator, self.augmentation))
             if len(crops) == batch_size:
                 yield torch.stack(crops)
                 crops = []

@@ -187,9 +187,9 @@ def _check_type(where: str, value, annotation) -> None:
 # (weight 1: 23.1; with MSE: 23.5); crops of the photos shrunk by a random factor down to 0.5 (more of a photo
 # in each crop: 23.96 dB, detail better, colour not) and half of them hue-turned, so that colours the 24
 # training photos lack, a held-out photo's dark teal, are not painted grey (24.00 alone; both: 24.04 and 23.95
-# for two seeds; EMA 0.999 instead 23.3); no mid-block attention (it only pays at 256 px and beyond); L1, bf16 where the CPU computes it
-# natively; learning rate 5e-4: at 2e-3 the loss stalled from step 1500 and the reconstructions lost their
-# colour (19.7-20.9 dB, saturation a third of the photos').
+# for two seeds; EMA 0.999 instead 23.3); no mid-block attention (it only pays at 256 px and beyond); L1,
+# bf16 where the CPU computes it natively; learning rate 5e-4: at 2e-3 the loss stalled from step 1500 and the
+# reconstructions lost their colour (19.7-20.9 dB, saturation a third of the photos').
 TINY = TrainConfig(
     preset="tiny",
     model=dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=16,
