@@ -27,7 +27,7 @@ SD = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_ch
 
 
 def training_step(vae, images: torch.Tensor) -> torch.Tensor:
-    from sd_custom_vae.losses import kl_divergence
+    from sd_custom_vae.training.losses import kl_divergence
 
     reconstruction, mean, logvar = vae(images, generator=torch.Generator().manual_seed(0))
     loss = torch.nn.functional.mse_loss(reconstruction, images) + 1e-6 * kl_divergence(mean, logvar).mean()

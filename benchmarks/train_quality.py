@@ -29,11 +29,10 @@ import torch
 import torch.nn.functional as F
 from results_file import append_row
 
-from sd_custom_vae.evaluation import protocol_crops, reconstruction_quality
-from sd_custom_vae.image_sources import builtin_held_out
-from sd_custom_vae.loading import load_vae
-from sd_custom_vae.colour import RGB_TO_YCBCR
-from sd_custom_vae.metrics import psnr
+from sd_custom_vae.data import RGB_TO_YCBCR, builtin_held_out, protocol_crops
+from sd_custom_vae.evaluation.metrics import psnr
+from sd_custom_vae.evaluation.quality import reconstruction_quality
+from sd_custom_vae.models import load_vae
 from sd_custom_vae.network import downsampling_factor
 
 

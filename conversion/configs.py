@@ -1,28 +1,35 @@
 """A VAE's config: every key, its type and range, checked in one place; ours ⇄ a diffusers ``config.json``.
 
-Our config keys are ``AutoencoderKL``'s, less the three that only name what diffusers builds
-(``down_block_types``, ``up_block_types``, ``act_fn``): for the network we build they can take one
-value each, which ``check_diffusers_only_keys`` enforces and ``to_diffusers_config`` writes back.
+The architecture keys, their defaults and their checks are the network's (``sd_custom_vae.network.architecture``);
+this module adds how latents are scaled for a diffusion model (``LATENT_SPACE_KEYS``, not visible in the weights)
+and the three keys that only name what diffusers builds (``down_block_types``, ``up_block_types``, ``act_fn``):
+for the network we build they can take one value each, which ``check_diffusers_only_keys`` enforces and
+``to_diffusers_config`` writes back.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from numbers import Real
 
-ARCHITECTURE_KEYS = (
-    "in_channels",
-    "out_channels",
-    "block_out_channels",
-    "layers_per_block",
-    "latent_channels",
-    "norm_num_groups",
-    "mid_block_add_attention",
-    "use_quant_conv",
-    "use_post_quant_conv",
-)
-# How latents are scaled for a diffusion model, and how the model is run: not visible in the weights.
-LATENT_SPACE_KEYS = ("sample_size", "scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast")
+from sd_custom_vae.network.architecture import ARCHITECTURE_KEYS, DEFAULT, is_int, validate_architecture
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """How latents are scaled for a diffusion model, and how the model is run, with ``AutoencoderKL``'s defaults."""
+
+    sample_size: int = 32  # the image side pipelines tile above
+    scaling_factor: float = 0.18215  # SD's: 1/std of its VAE's latents over real images
+    shift_factor: float | None = None
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+    force_upcast: bool = True  # pipelines run the VAE in float32 when the rest is float16
+
+
+LATENT_SPACE = LatentSpace()
+LATENT_SPACE_KEYS = tuple(f.name for f in fields(LatentSpace))
 CONFIG_KEYS = ARCHITECTURE_KEYS + LATENT_SPACE_KEYS
 
 # Only these block types and this activation describe the network we build.
@@ -32,22 +39,8 @@ DIFFUSERS_ACTIVATION = "silu"
 DIFFUSERS_ONLY_KEYS = {"down_block_types": DIFFUSERS_DOWN_BLOCK, "up_block_types": DIFFUSERS_UP_BLOCK}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_real(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive_int(key: str, value) -> None:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"config {key} must be a positive integer, got {value!r}")
-
-
-def _flag(key: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"config {key} must be true or false, got {value!r}")
 
 
 def _reals(key: str, value, length: int, positive: bool = False) -> None:
@@ -60,32 +53,17 @@ def _reals(key: str, value, length: int, positive: bool = False) -> None:
 
 
 def validate_config(config: dict) -> None:
-    """Raise ``ValueError`` naming the key, the value and what is expected, for every key present.
-
-    Types are strict (``"0.18"`` is not a number, ``1`` is not ``true``): a config file that says
-    otherwise was written by something else and should be looked at, not silently coerced.
-    """
-    for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
-        if key in config:
-            _positive_int(key, config[key])
-    for key in ("mid_block_add_attention", "use_quant_conv", "use_post_quant_conv", "force_upcast"):
-        if key in config:
-            _flag(key, config[key])
-    if "block_out_channels" in config:
-        channels = config["block_out_channels"]
-        groups = config.get("norm_num_groups", 32)
-        if not isinstance(channels, (list, tuple)) or not channels:
-            raise ValueError(f"config block_out_channels must list at least one level, got {channels!r}")
-        for value in channels:
-            if not _is_int(value) or value < 1 or value % groups:
-                raise ValueError(
-                    f"config block_out_channels entry {value!r} (in {tuple(channels)}) is not a positive "
-                    f"multiple of norm_num_groups={groups}: GroupNorm splits channels into that many groups"
-                )
+    """Raise ``ValueError`` naming the key, the value and what is expected, for every key present (types strict,
+    as ``validate_architecture``)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a VAE config must be a mapping of key: value, got a {type(config).__name__}")
+    validate_architecture(config)
+    if "force_upcast" in config and not isinstance(config["force_upcast"], bool):
+        raise ValueError(f"config force_upcast must be true or false, got {config['force_upcast']!r}")
     if "sample_size" in config:
         size = config["sample_size"]
         sizes = size if isinstance(size, (list, tuple)) else [size]
-        if not sizes or len(sizes) > 2 or not all(_is_int(s) and s > 0 for s in sizes):
+        if not sizes or len(sizes) > 2 or not all(is_int(s) and s > 0 for s in sizes):
             raise ValueError(f"config sample_size must be a positive integer (or [height, width]), got {size!r}")
     if "scaling_factor" in config:
         value = config["scaling_factor"]
@@ -93,7 +71,7 @@ def validate_config(config: dict) -> None:
             raise ValueError(f"config scaling_factor must be a positive finite number, got {value!r}")
     if config.get("shift_factor") is not None and not _is_real(config["shift_factor"]):
         raise ValueError(f"config shift_factor must be null or a finite number, got {config['shift_factor']!r}")
-    latent_channels = config.get("latent_channels", 4)
+    latent_channels = config.get("latent_channels", DEFAULT.latent_channels)
     _reals("latents_mean", config.get("latents_mean"), latent_channels)
     _reals("latents_std", config.get("latents_std"), latent_channels, positive=True)
     check_diffusers_only_keys(config, len(config.get("block_out_channels") or ()) or None)
@@ -129,6 +107,8 @@ def _diffusers_version() -> str:
 
 def from_diffusers_config(config: dict) -> dict:
     """Read a diffusers AutoencoderKL (or our own) ``config.json`` into our config keys, validated."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a VAE config must be a mapping of key: value, got a {type(config).__name__}")
     levels = len(config["block_out_channels"]) if isinstance(config.get("block_out_channels"), (list, tuple)) else None
     check_diffusers_only_keys(config, levels)
     ours = {key: config[key] for key in CONFIG_KEYS if key in config}

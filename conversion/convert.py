@@ -3,24 +3,42 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from . import course
 from .configs import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from .detect import Detection, _first, detect_scheme
 from .files import check_new
 from .formats import read_checkpoint, write_model_folder, write_safetensors
-from .schemes import SCHEMES, SCRATCH, adapt_tensor, count_levels, expected_shapes, format_slot, get_scheme, parse_keys
+from .schemes import OURS, SCHEMES, adapt_tensor, count_levels, expected_shapes, format_slot, get_scheme, parse_keys
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TARGETS = ("diffusers", "ldm", "scratch")
+# What a checkpoint can be written as: diffusers' names (a model folder, or one .safetensors file), the original
+# LDM single file, or the course's layout.
+TARGETS = ("diffusers", "ldm", course.NAME)
+# Old spellings still accepted, with a warning: "scratch" named our models' keys, which are now diffusers'.
+RENAMED_TARGETS = {"scratch": "diffusers"}
+
+
+def resolve_target(name: str) -> str:
+    """`name` as one of ``TARGETS`` (an old spelling warns and is translated); anything else is a ValueError."""
+    if name in RENAMED_TARGETS:
+        new = RENAMED_TARGETS[name]
+        warnings.warn(f"the {name!r} output is now called {new!r} (our models carry diffusers' names)",
+                      FutureWarning, stacklevel=3)
+        return new
+    if name not in TARGETS:
+        raise ValueError(f"unknown output format {name!r}; expected one of {', '.join(TARGETS)}")
+    return name
 
 
 @dataclass
 class VAECheckpoint:
-    """A VAE's tensors under our (scratch) names, with the config that describes them."""
+    """A VAE's tensors under our names (diffusers'), with the config that describes them."""
 
     state_dict: dict[str, torch.Tensor]
     config: dict  # our config keys: the architecture, plus latent-space settings where known
@@ -28,6 +46,7 @@ class VAECheckpoint:
     source: str = ""
     ignored: list[str] = field(default_factory=list)
     assumed: dict = field(default_factory=dict)  # config values the weights could not tell and nothing gave
+    notes: list[str] = field(default_factory=list)  # what the reading scheme asks the user to know
 
     @property
     def num_parameters(self) -> int:
@@ -48,6 +67,8 @@ def _checked_detection(state_dict: dict[str, torch.Tensor], config: dict | None,
         if stored is not None and stored != detection.config[key]:
             raise ValueError(f"{source}: config says {key}={stored!r} but the weights have {key}={detection.config[key]!r}")
     config.update(detection.config)
+    for key, value in detection.implied.items():
+        config.setdefault(key, value)
 
     num_levels = len(config["block_out_channels"])
     expected = expected_shapes(config)
@@ -55,12 +76,13 @@ def _checked_detection(state_dict: dict[str, torch.Tensor], config: dict | None,
     unexpected = [key for slot, key in present.items() if slot not in expected]
     if unexpected:
         raise ValueError(f"{source}: {len(unexpected)} unexpected key(s) for this architecture: {_first(unexpected)}")
-    missing = [format_slot(slot, detection.scheme, num_levels) for slot in expected if slot not in present]
+    spelling = detection.scheme if detection.scheme in SCHEMES else OURS  # the course's keys were renamed to ours
+    missing = [format_slot(slot, spelling, num_levels) for slot in expected if slot not in present]
     if missing:
         raise ValueError(f"{source}: {len(missing)} missing key(s): {_first(missing)}")
     for slot, shape in expected.items():
         key = present[slot]
-        found = tuple(adapt_tensor(slot, detection.state_dict[key], SCRATCH).shape)
+        found = tuple(adapt_tensor(slot, detection.state_dict[key], OURS).shape)
         if found != shape:
             raise ValueError(
                 f"{source}: shape mismatch for {key!r}: the checkpoint has {tuple(detection.state_dict[key].shape)}, "
@@ -89,6 +111,8 @@ def check_values(state_dict: dict[str, torch.Tensor], source: str, dtype: torch.
 
 
 def _rename(detection: Detection, target: str, config: dict) -> dict[str, torch.Tensor]:
+    if target == course.NAME:
+        return course.to_course(_rename(detection, OURS.name, config), config)
     scheme = get_scheme(target)
     num_levels = len(config["block_out_channels"])
     present = {slot: key for key, slot in detection.slots.items()}
@@ -99,35 +123,46 @@ def _rename(detection: Detection, target: str, config: dict) -> dict[str, torch.
     }
 
 
-def to_scratch(
+def as_checkpoint(
     state_dict: dict[str, torch.Tensor], config: dict | None = None, source: str = "state dict"
 ) -> VAECheckpoint:
-    """Any scheme → a validated checkpoint under our names."""
+    """A state dict in any scheme → a validated checkpoint under our names."""
     detection, config = _checked_detection(state_dict, config, source)
     return VAECheckpoint(
-        _rename(detection, SCRATCH.name, config), config, detection.scheme, source, detection.ignored, detection.assumed
+        _rename(detection, OURS.name, config), config, detection.scheme, source, detection.ignored, detection.assumed,
+        detection.notes,
     )
+
+
+def to_scratch(state_dict: dict[str, torch.Tensor], config: dict | None = None, source: str = "state dict") -> VAECheckpoint:
+    """The former name of ``as_checkpoint``."""
+    warnings.warn("conversion.to_scratch is now conversion.as_checkpoint", FutureWarning, stacklevel=2)
+    return as_checkpoint(state_dict, config, source)
 
 
 def key_scheme(keys) -> str:
     """The scheme that spells the most of `keys` (keys all schemes share, such as conv_in, tie: ours wins)."""
     keys = list(keys)
+    if course.is_course(keys):
+        return course.NAME
     return max(SCHEMES, key=lambda name: len(parse_keys(keys, name)[0]))
 
 
-def rename_to_scratch(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def rename_to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys of another scheme renamed to ours, leniently, for a loader that checks the result itself.
 
-    Unlike ``to_scratch`` nothing is validated: keys that parse in no scheme are kept as they are,
+    Unlike ``as_checkpoint`` nothing is validated: keys that parse in no scheme are kept as they are,
     so that the loader reports them as unexpected (and the ones it lacks as missing). Returns
     `state_dict` itself when it already uses our names.
     """
     scheme = key_scheme(state_dict)
-    if scheme == SCRATCH.name:
+    if scheme == OURS.name:
         return state_dict
+    if scheme == course.NAME:
+        return course.from_course(state_dict)
     slots, unknown = parse_keys(state_dict, scheme)
     num_levels = count_levels(slots.values())
-    renamed = {format_slot(slot, SCRATCH, num_levels): adapt_tensor(slot, state_dict[key], SCRATCH) for key, slot in slots.items()}
+    renamed = {format_slot(slot, OURS, num_levels): adapt_tensor(slot, state_dict[key], OURS) for key, slot in slots.items()}
     renamed.update({key: state_dict[key] for key in unknown})
     return renamed
 
@@ -135,8 +170,8 @@ def rename_to_scratch(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
 def convert_state_dict(
     state_dict: dict[str, torch.Tensor], to: str, config: dict | None = None
 ) -> dict[str, torch.Tensor]:
-    """Any scheme → `to` (``scratch``, ``diffusers`` or ``ldm``), validated on the way."""
-    get_scheme(to)
+    """Any scheme → `to` (one of ``TARGETS``), validated on the way."""
+    to = resolve_target(to)
     detection, config = _checked_detection(state_dict, config, "state dict")
     return _rename(detection, to, config)
 
@@ -148,8 +183,14 @@ def load_checkpoint(path: str | os.PathLike, config: dict | None = None, variant
     """
     tensors, stored = read_checkpoint(path, variant)
     merged = from_diffusers_config(stored) if stored else {}
-    merged.update(config or {})
-    return to_scratch(tensors, merged, source=str(path))
+    for key, value in (config or {}).items():
+        value = tuple(value) if isinstance(value, list) else value
+        # what the file records about its architecture is a fact about its weights, not a default to override
+        if key in ARCHITECTURE_KEYS and key in merged and merged[key] != value:
+            raise ValueError(f"{path} records {key}={merged[key]!r}, not {value!r}: a value given for {key} is for "
+                             "files that do not record it; leave it out")
+        merged[key] = value
+    return as_checkpoint(tensors, merged, source=str(path))
 
 
 def save_checkpoint(
@@ -159,17 +200,18 @@ def save_checkpoint(
     dtype: str | torch.dtype | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write `checkpoint` as a diffusers folder (``to="diffusers"``) or one ``.safetensors`` file, atomically;
-    an existing output is replaced, as a whole, only with `overwrite`."""
-    if to not in TARGETS:
-        raise ValueError(f"unknown output format {to!r}; expected one of {TARGETS}")
+    """Write `checkpoint` in the names of `to` (one of ``TARGETS``): with diffusers' names a model folder, or one
+    file if `output` ends in ``.safetensors``; ldm and course as one ``.safetensors`` file. Atomically; an
+    existing output is replaced, as a whole, only with `overwrite`."""
+    to = resolve_target(to)
     output = check_new(output, overwrite)
-    if to != "diffusers" and output.suffix != ".safetensors":
+    folder = to == "diffusers" and output.suffix != ".safetensors"
+    if not folder and output.suffix != ".safetensors":
         raise ValueError(f"{output}: {to} output is a single file and must end in .safetensors")
-    if to == "diffusers" and output.suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
-        raise ValueError(f"{output}: diffusers output is a model folder, not a {output.suffix} file")
+    if folder and output.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        raise ValueError(f"{output}: diffusers output is a model folder or a .safetensors file, not a {output.suffix} file")
     renamed = convert_state_dict(cast(checkpoint.state_dict, dtype, checkpoint.source), to, checkpoint.config)
-    if to == "diffusers":
+    if folder:
         return write_model_folder(renamed, to_diffusers_config(checkpoint.config), output, overwrite=overwrite)
     return write_safetensors(renamed, output, config=_jsonable(checkpoint.config))
 
@@ -202,17 +244,18 @@ class ConversionSummary:
     target: str
     ignored: int
     assumed: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         ignored = f", ignored {self.ignored} non-VAE keys" if self.ignored else ""
-        line = (
+        lines = [
             f"{self.source}: {self.scheme} scheme, {self.tensors} tensors, {self.parameters:,} parameters{ignored} "
             f"→ {self.target} at {self.output}"
-        )
+        ]
         for key, value in self.assumed.items():
-            line += f"\nnote: assumed {key}={value} (the file does not record it and the weights cannot tell it); " \
-                f"pass --{key.replace('_', '-')} if the VAE was built with another value"
-        return line
+            lines.append(f"note: assumed {key}={value} (the file does not record it and the weights cannot tell it); "
+                         f"pass --{key.replace('_', '-')} if the VAE was built with another value")
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
 
 def convert_checkpoint(
@@ -223,10 +266,14 @@ def convert_checkpoint(
     config: dict | None = None,
     overwrite: bool = False,
 ) -> ConversionSummary:
+    to = resolve_target(to)
     check_new(output, overwrite)  # before reading a multi-GB input
     checkpoint = load_checkpoint(source, config)
     path = save_checkpoint(checkpoint, output, to, dtype, overwrite)
+    notes = list(checkpoint.notes)
+    if to == course.NAME:
+        notes += [n for n in (course.EPSILON_NOTE, course.latent_scale_note(checkpoint.config)) if n not in (None, *notes)]
     return ConversionSummary(
         str(source), checkpoint.scheme, len(checkpoint.state_dict), checkpoint.num_parameters, str(path), to,
-        len(checkpoint.ignored), checkpoint.assumed,
+        len(checkpoint.ignored), checkpoint.assumed, notes,
     )

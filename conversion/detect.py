@@ -6,24 +6,28 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .schemes import SCHEMES, Slot, count_levels, parse_keys
+from sd_custom_vae.network import DEFAULT
+
+from . import course
+from .schemes import OURS, SCHEMES, Slot, count_levels, parse_keys
 
 # Prefixes under which a whole checkpoint keeps its VAE: LDM/SD single files and merged dicts.
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 # Keys a VAE-only training checkpoint may carry that are not part of the network.
 NON_NETWORK_PREFIXES = ("loss.", "model_ema.", "discriminator.", "lpips.")
-DEFAULT_NORM_GROUPS = 32
 
 
 @dataclass
 class Detection:
     scheme: str
-    state_dict: dict[str, torch.Tensor]  # the VAE's tensors, prefix removed, still in `scheme`
+    state_dict: dict[str, torch.Tensor]  # the VAE's tensors, prefix removed, in `scheme` (the course's: in ours)
     slots: dict[str, Slot]  # key of `state_dict` → slot
     config: dict  # architecture, in our config keys
     prefix: str = ""
     ignored: list[str] = field(default_factory=list)  # keys that are not part of the VAE network
     assumed: dict = field(default_factory=dict)  # config values taken by default, the weights being silent
+    implied: dict = field(default_factory=dict)  # config values the scheme itself fixes (the course's scale)
+    notes: list[str] = field(default_factory=list)  # what a user converting from this scheme should know
 
 
 def _strip_prefix(state_dict: dict) -> tuple[str, dict, list[str]]:
@@ -45,8 +49,9 @@ def detect_scheme(state_dict: dict[str, torch.Tensor], norm_num_groups: int | No
     A whole Stable Diffusion checkpoint is accepted: its ``first_stage_model.`` (or ``vae.``)
     keys are kept and the UNet and text encoder keys are reported as ignored. GroupNorm's group
     count leaves no trace in the shapes; it is taken from `norm_num_groups`, else 32 (every SD-family VAE).
+    The course's layout (``course.py``) is recognised by its positional keys and renamed to ours first.
     """
-    if not state_dict:
+    if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError("the state dict is empty: no VAE tensors to read")
     prefix, vae_dict, ignored = _strip_prefix(state_dict)
     extra = [k for k in vae_dict if k.startswith(NON_NETWORK_PREFIXES)]
@@ -54,8 +59,15 @@ def detect_scheme(state_dict: dict[str, torch.Tensor], norm_num_groups: int | No
         del vae_dict[key]
     ignored += [prefix + k for k in extra]
 
+    if course.is_course(vae_dict):
+        vae_dict = course.from_course(vae_dict)
+        slots, unknown = parse_keys(vae_dict, OURS)
+        config = infer_config(vae_dict, slots, norm_num_groups or course.ARCHITECTURE["norm_num_groups"])
+        return Detection(course.NAME, vae_dict, slots, config, prefix, ignored,
+                         implied={"scaling_factor": course.SCALING_FACTOR}, notes=[course.EPSILON_NOTE])
+
     parsed = {name: parse_keys(vae_dict, scheme) for name, scheme in SCHEMES.items()}
-    # The keys all three schemes spell alike (conv_in, quant_conv, ...) say nothing; the level keys decide.
+    # The keys all the schemes spell alike (conv_in, quant_conv, ...) say nothing; the level keys decide.
     scheme = max(parsed, key=lambda name: len(parsed[name][0]))
     slots, unknown = parsed[scheme]
     if not any(s.kind in ("down_res", "up_res") for s in slots.values()):
@@ -85,10 +97,10 @@ def infer_config(state_dict: dict[str, torch.Tensor], slots: dict[str, Slot], no
     num_levels = count_levels(by_slot)
     layers = 1 + max(s.layer for s in by_slot if s.kind == "down_res" and s.block == 0)
     channels = tuple(shape("down_res", "encoder", i, 0, "conv1")[0] for i in range(num_levels))
-    groups = norm_num_groups or DEFAULT_NORM_GROUPS
+    groups = norm_num_groups or DEFAULT.norm_num_groups
     if norm_num_groups is None and any(c % groups for c in channels):
         raise ValueError(
-            f"block_out_channels {channels} are not all divisible by {DEFAULT_NORM_GROUPS}; the GroupNorm group "
+            f"block_out_channels {channels} are not all divisible by {groups}; the GroupNorm group "
             "count cannot be read from the weights, so pass norm_num_groups (or a config) explicitly"
         )
     return {

@@ -1,4 +1,4 @@
-"""The three naming schemes of an SD-family VAE, as tables of name templates.
+"""The naming schemes of an SD-family VAE that spell keys by templates.
 
 Every parameter of the network is a *slot*: what kind of layer it belongs to, where it sits
 (encoder or decoder, level, layer) and which part of the layer it is. Each scheme is a table
@@ -6,10 +6,14 @@ that says how it spells each kind of slot. Renaming from scheme A to scheme B is
 with A's table and formatting the slot with B's: both directions come from the same table, so
 A → B → A gives back the same keys.
 
-- ``scratch``: our own names (``ScratchVAE`` and ``CustomAutoencoderKL``).
-- ``diffusers``: ``diffusers.AutoencoderKL``, including the pre-0.14 attention names.
+- ``diffusers``: ``diffusers.AutoencoderKL``'s names, which ``ScratchVAE`` and ``CustomAutoencoderKL``
+  carry too; the pre-0.14 attention names are read as well.
 - ``ldm``: the original CompVis/Stability single-file names; decoder levels are numbered from the
   top (``up.0`` is the last level run) and attention projections are 1×1 convolutions.
+- ``sd-custom-vae-0.2``: the names this project's models carried up to version 0.2, read so that their
+  files and training checkpoints keep loading; nothing is written in it.
+
+The course's layout (``nn.Sequential`` indices, a fused ``in_proj``) is not a template scheme: ``course.py``.
 """
 
 from __future__ import annotations
@@ -21,14 +25,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from sd_custom_vae.network import VAEModules  # the one definition of the network's structure
+# the one definition of the network's structure, and what a config that leaves an architecture key out means
+from sd_custom_vae.network import ARCHITECTURE_KEYS, DEFAULT, VAEModules
 
+# The parts of a layer, by scheme-neutral names that each scheme spells its own way.
 RESIDUAL_PARTS = ("norm1", "conv1", "norm2", "conv2", "shortcut")
-# what a config that leaves an architecture key out means (AutoencoderKL's defaults for the switches)
-ARCHITECTURE_DEFAULTS = {
-    "in_channels": 3, "out_channels": 3, "block_out_channels": (64,), "layers_per_block": 1, "latent_channels": 4,
-    "norm_num_groups": 32, "mid_block_add_attention": True, "use_quant_conv": True, "use_post_quant_conv": True,
-}
 ATTENTION_PARTS = ("norm", "query", "key", "value", "out")
 ATTENTION_PROJECTIONS = ("query", "key", "value", "out")
 
@@ -65,8 +66,8 @@ _SHARED = {
     "post_quant_conv": "post_quant_conv",
 }
 
-SCRATCH = Scheme(
-    "scratch",
+LEGACY = Scheme(
+    "sd-custom-vae-0.2",
     {
         **_SHARED,
         "down_res": "encoder.down.{block}.res_blocks.{layer}.{part}",
@@ -131,7 +132,8 @@ LDM = Scheme(
     attention_as_conv=True,
 )
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (SCRATCH, DIFFUSERS, LDM)}
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (DIFFUSERS, LDM, LEGACY)}
+OURS = DIFFUSERS  # the names our models carry
 # Down and up levels have a fixed side, the rest say which one in the key.
 _FIXED_SIDE = {"down_res": "encoder", "downsample": "encoder", "up_res": "decoder", "upsample": "decoder"}
 
@@ -241,12 +243,12 @@ class _Network(nn.Module, VAEModules):
 
 
 def expected_shapes(config: dict) -> dict[Slot, tuple[int, ...]]:
-    """Every slot of the network `config` (its architecture keys) describes, with its tensor shape in our scheme,
+    """Every slot of the network `config` (its architecture keys) describes, with its tensor shape in our names,
     in the network's order: read off the network itself, built on the meta device (no memory, no arithmetic)."""
-    architecture = {key: config[key] for key in ARCHITECTURE_DEFAULTS if key in config}
+    architecture = {key: config.get(key, getattr(DEFAULT, key)) for key in ARCHITECTURE_KEYS}
     with torch.device("meta"):
         network = _Network()
-        network.build_network(**{**ARCHITECTURE_DEFAULTS, **architecture})
-    slots, unknown = parse_keys(network.state_dict(), SCRATCH)
-    assert not unknown, f"the scratch scheme does not spell {unknown}"  # the scheme table must know every module
+        network.build_network(**architecture)
+    slots, unknown = parse_keys(network.state_dict(), OURS)
+    assert not unknown, f"the {OURS.name} scheme does not spell {unknown}"  # the scheme table must know every module
     return {slot: tuple(tensor.shape) for slot, tensor in zip(slots.values(), network.state_dict().values())}

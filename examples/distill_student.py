@@ -14,11 +14,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from sd_custom_vae.data import builtin_photos, evaluation_crops, load_images
-from sd_custom_vae.evaluation import evaluate_vaes, format_table
-from sd_custom_vae.loading import load_vae
-from sd_custom_vae.pipeline import inject_vae
-from sd_custom_vae.train_config import load_config
-from sd_custom_vae.training import train
+from sd_custom_vae.evaluation.quality import evaluate_vaes, format_table
+from sd_custom_vae.models import load_vae
+from sd_custom_vae.models.pipeline import inject_vae
+from sd_custom_vae.training import load_config, train
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ import argparse
 import torch
 from diffusers import StableDiffusionPipeline
 
-from sd_custom_vae.pipeline import inject_vae
+from sd_custom_vae.models.pipeline import inject_vae
 
 
 def main(argv=None):

@@ -13,8 +13,7 @@ import torch
 
 import conversion
 from sd_custom_vae import CustomAutoencoderKL
-from sd_custom_vae.train_config import load_config
-from sd_custom_vae.training import train
+from sd_custom_vae.training import load_config, train
 
 
 def main(argv=None):

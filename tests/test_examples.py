@@ -29,7 +29,7 @@ def test_train_and_convert_example(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::sd_custom_vae.pipeline.LatentScaleWarning")
+@pytest.mark.filterwarnings("ignore::sd_custom_vae.models.pipeline.LatentScaleWarning")
 def test_distill_student_example_distils_and_generates(tmp_path, capsys):
     teacher = tmp_path / "teacher"
     # no mid-block attention: the student preset validates at 256 px, where this two-level teacher's latents

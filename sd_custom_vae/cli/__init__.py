@@ -1,9 +1,10 @@
-"""The ``sd-custom-vae`` command line: one module per subcommand, each with ``register(subparsers)``.
+"""Layer 7, the ``sd-custom-vae`` command line: one module per subcommand, each with ``register(subparsers)``.
 
 Whatever goes wrong reaches the user as one line (what is wrong, where, what to do) and an exit
-code: 2 for bad input, 1 for a failure outside it (the Hub, the disk, a bug), 130 for Ctrl-C. Set
-``SD_CUSTOM_VAE_TRACEBACK=1`` to see the traceback instead. Everything a command prints passes
-through ``redact``: no token reaches the terminal, whoever wrote the text (an error echoed by a server).
+code: 2 for bad input, 1 for a failure outside it (the Hub, the disk, a bug), 130 for Ctrl-C, 143 for a
+SIGTERM (which, like Ctrl-C, lets every half-written output be removed). Set ``SD_CUSTOM_VAE_TRACEBACK=1``
+to see the traceback instead. Everything printed, argparse's own messages included, passes through
+``redact``: no token reaches the terminal, whoever wrote the text (a mistyped argument, a server's echo).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import contextlib
 import errno
 import importlib
 import os
+import signal
 import sys
 import warnings
 
 from .. import __version__
-from ..redact import Redacting, known_secrets, redact
+from .redact import Redacting, known_secrets, redact
 
 # In the order `--help` lists them. Each module defines register(subparsers) and sets a handler.
 COMMANDS = ["train", "convert", "generate", "calibrate", "eval", "fp16-fix", "push"]
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sd-custom-vae",
         description="Train, convert, evaluate and share Stable Diffusion VAEs written from scratch.",
+        allow_abbrev=False,  # --tok would otherwise mean --token, --tokn would not: one rule, no guessing
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,9 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_parser(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand's parser, with the command line's rules (no abbreviated flags)."""
+    return subparsers.add_parser(name, allow_abbrev=False, **kwargs)
+
+
 def add_data_flags(parser: argparse.ArgumentParser, default_help: str) -> None:
-    """--data and how to read it: the same flags, meaning the same thing, in eval and calibrate (train builds
-    its own from TrainConfig, with the same names)."""
+    """--data and how to read it: the same flags, meaning the same thing, in eval, calibrate and fp16-fix (train
+    builds its own from TrainConfig, with the same names)."""
     parser.add_argument("--data", default=None, help="image folder, 🤗 dataset (Hub ORG/NAME, save_to_disk folder, "
                         f"parquet/arrow files) or WebDataset shards (path, glob, {{000..099}} pattern); {default_help}")
     parser.add_argument("--data-split", default="train", help="split of a 🤗 dataset (default train)")
@@ -47,9 +55,15 @@ def add_data_flags(parser: argparse.ArgumentParser, default_help: str) -> None:
 
 
 def data_options(args: argparse.Namespace):
-    from ..image_sources import DataOptions
+    from ..data import DataOptions
 
     return DataOptions(args.data_split, args.data_revision, args.image_column, args.streaming)
+
+
+def positive(flag: str, value: int | float | None, minimum: float = 1) -> None:
+    """Refuse a number option below `minimum`, naming the flag."""
+    if value is not None and not value >= minimum:
+        raise ValueError(f"{flag} must be at least {minimum:g}, got {value}")
 
 
 def pick_device(requested: str | None) -> str:
@@ -100,27 +114,54 @@ def describe(error: BaseException) -> tuple[str, int]:
     )
 
 
+class Terminated(Exception):
+    """SIGTERM, raised where the process is, so that every ``finally`` (temporary files) runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    secrets = known_secrets(getattr(args, "token", None))
+    argv = sys.argv[1:] if argv is None else argv
+    given = [value for flag, value in zip(argv, argv[1:]) if flag == "--token"]
+    given += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--token=")]
+    secrets = known_secrets(*given)
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show "→" gets "?", not an error after the work
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="replace")
     with contextlib.ExitStack() as stack:
+        # redaction first: argparse prints what a user typed (a token in the wrong place) before any command runs
         stack.enter_context(contextlib.redirect_stdout(Redacting(sys.stdout, secrets)))
         stack.enter_context(contextlib.redirect_stderr(Redacting(sys.stderr, secrets)))
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         stack.callback(setattr, warnings, "formatwarning", warnings.formatwarning)
         # a warning is one line, as errors are: no source line that reads like a traceback
         warnings.formatwarning = lambda message, category, *_: f"sd-custom-vae {args.command}: warning: {message}\n"
+        previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+        if previous is not None:
+            stack.callback(signal.signal, signal.SIGTERM, previous)
         try:
             return args.handler(args)
         except KeyboardInterrupt:
             print(f"sd-custom-vae {args.command}: interrupted", file=sys.stderr)
             return 130
+        except Terminated:
+            print(f"sd-custom-vae {args.command}: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+            return 143
         except Exception as error:  # noqa: BLE001 - the one place every failure is turned into one line
             if os.environ.get("SD_CUSTOM_VAE_TRACEBACK"):
                 raise
             message, code = describe(error)
             print(f"sd-custom-vae {args.command}: error: {redact(message, secrets)}", file=sys.stderr)
             return code
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_data_flags, data_options
+from . import add_data_flags, add_parser, data_options
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_parser(
+        subparsers,
         "calibrate",
         help="measure the VAE's latent scaling_factor (and shift_factor) on real images",
         description="Encode random crops of real images, set scaling_factor = 1/std of the sampled latents "
@@ -36,22 +37,23 @@ def run(args: argparse.Namespace) -> int:
 
     import conversion
 
-    from ..calibrate import apply_calibration, calibrate, write_calibration
-    from ..loading import load_vae
-    from . import pick_device
-
-    from ..loading import model_path
-    from ..model_sources import locate, parse_hub_name
+    from ..evaluation.calibrate import apply_calibration, calibrate, write_calibration
+    from ..models import load_vae
+    from ..models.sources import parse_hub_name, resolve
+    from . import pick_device, positive
 
     if args.data is None:
         raise ValueError('--data is required: the images to measure the latents on (or "builtin")')
+    positive("--crops", args.crops)
+    positive("--batch-size", args.batch_size)
+    positive("--resolution", args.resolution, 8)
     in_place = args.output is None
     if in_place and not Path(args.vae).exists() and parse_hub_name(args.vae):
         raise ValueError(f"{args.vae} is on the Hub, not a local folder to update in place; pass --output FOLDER")
-    source = model_path(locate(args.vae, args.subfolder))
-    if in_place and not (source / "config.json").is_file():
+    source = resolve(args.vae, args.subfolder).path
+    if in_place and not (source / conversion.CONFIG_NAME).is_file():
         raise ValueError(f"{source} has no config.json to update (a single checkpoint file?); pass --output FOLDER")
-    target = source / "config.json" if in_place else Path(args.output)
+    target = source / conversion.CONFIG_NAME if in_place else Path(args.output)
     # before the encoding work; updating the model's own config.json in place is what calibrate is asked to do
     conversion.check_writable(target) if in_place else conversion.check_new(target, args.overwrite)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_data_flags, data_options
+from ..data.crops import PROTOCOLS
+from ..evaluation.quality import METRICS
+from . import add_data_flags, add_parser, data_options
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_parser(
+        subparsers,
         "eval",
         help="compare VAEs: rFID, PSNR, SSIM, LPIPS, speed, and agreement with a teacher",
         description="Reconstruct the same images with every VAE and print a table; save it as eval.json with a "
@@ -19,11 +22,11 @@ def register(subparsers) -> None:
     parser.add_argument("vaes", nargs="+", metavar="VAE")
     add_data_flags(parser, "default: the built-in validation photos")
     parser.add_argument("--max-images", type=int, default=None, help="use at most this many images of --data")
-    parser.add_argument("--protocol", choices=["crops", "sd-vae-card"], default="crops",
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
                         help="crops: fixed crops of every image (--crops-per-image); sd-vae-card: shorter side resized "
                         "to --resolution, centre crop, as the sd-vae-ft-mse card measures (default crops)")
     parser.add_argument("--metrics", default=None,
-                        help="comma-separated, from psnr,ssim,lpips,rfid (default: all that are installed)")
+                        help=f"comma-separated, from {','.join(METRICS)} (default: all)")
     parser.add_argument("--teacher", default=None, help="the VAE whose latent space the others should reproduce")
     parser.add_argument("--subfolder", default=None, help="folder of the VAEs inside their repos or folders")
     parser.add_argument("--resolution", type=int, default=256, help="crop side in pixels (default 256)")
@@ -35,16 +38,22 @@ def register(subparsers) -> None:
 
 
 def _metrics(requested: str | None) -> tuple[str, ...]:
-    from .. import fid, perceptual
-    from ..evaluation import METRICS
-
-    if requested is None:  # everything this installation can compute
-        return tuple(m for m in METRICS if (m != "rfid" or fid.available()) and (m != "lpips" or perceptual.available()))
+    if requested is None:
+        return METRICS
     chosen = tuple(dict.fromkeys(m.strip() for m in requested.split(",") if m.strip()))
     unknown = [m for m in chosen if m not in METRICS]
     if unknown or not chosen:
         raise ValueError(f"--metrics {requested!r}: choose from {', '.join(METRICS)}")
     return chosen
+
+
+def _labels(names: list[str]) -> list[str]:
+    """A row label per VAE: its name, numbered when the same VAE is named twice (each gets its row)."""
+    labels = []
+    for name in names:
+        count = names[: len(labels)].count(name)
+        labels.append(name if names.count(name) == 1 else f"{name} (#{count + 1})")
+    return labels
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,35 +63,45 @@ def run(args: argparse.Namespace) -> int:
 
     import conversion
 
-    from .. import fid
-    from ..evaluation import evaluate_vaes, format_table, protocol_crops
-    from ..image_sources import builtin_held_out, open_source, take
-    from ..images import grid, save_png
-    from ..loading import load_vae
-    from . import pick_device
+    from ..data import held_out_images, protocol_crops, read_images
+    from ..evaluation import fid
+    from ..evaluation.figures import grid, save_png
+    from ..evaluation.quality import evaluate_vaes, format_table, unavailable
+    from ..models import load_vae
+    from . import pick_device, positive
 
-    if args.resolution < 8 or args.crops_per_image < 1 or (args.max_images is not None and args.max_images < 1):
-        raise ValueError("--resolution must be at least 8, --crops-per-image and --max-images at least 1")
+    positive("--resolution", args.resolution, 8)
+    positive("--crops-per-image", args.crops_per_image)
+    positive("--max-images", args.max_images)
     metrics = _metrics(args.metrics)
     output = Path(args.output)
     for name in ("eval.json", "eval.png"):  # before minutes of evaluation
         conversion.check_new(output / name, args.overwrite)
+    for metric, why in unavailable(metrics).items():
+        print(f"{metric}: not measured: {why}")
     device = pick_device(args.device)
-    vaes = {name: load_vae(name, torch.float32, args.subfolder).to(device) for name in args.vaes}
+    labels = _labels(list(args.vaes))
+    loaded = {}
+    for name in dict.fromkeys(args.vaes):
+        loaded[name] = load_vae(name, torch.float32, args.subfolder).to(device)
+    vaes = {label: loaded[name] for label, name in zip(labels, args.vaes)}
     teacher = load_vae(args.teacher, torch.float32, args.subfolder).to(device) if args.teacher else None
+    if teacher is not None:
+        for label, vae in vaes.items():
+            if vae.config.latent_channels != teacher.config.latent_channels or vae.downsampling_factor != teacher.downsampling_factor:
+                raise ValueError(
+                    f"{label} makes latents of {vae.config.latent_channels} channels at 1/{vae.downsampling_factor} "
+                    f"of the image, the teacher {args.teacher} of {teacher.config.latent_channels} at "
+                    f"1/{teacher.downsampling_factor}: a latent space can only be compared with one of its shape"
+                )
     if args.data is None:  # the built-in photos: their held-out ones, never trained on
-        images = builtin_held_out()
-        where = "built-in validation photos"
+        images, where = held_out_images(args.resolution)
     else:
-        source = open_source(args.data, data_options(args))
-        images = take(source, args.max_images)
-        where = source.description
-    if not images:
-        raise ValueError(f"{where}: no readable images")
+        images, where = read_images(args.data, args.resolution, data_options(args), limit=args.max_images)
     factors = {v.downsampling_factor for v in vaes.values()}
     if any(args.resolution % f for f in factors):
         raise ValueError(f"--resolution {args.resolution} must be a multiple of every VAE's downsampling factor {sorted(factors)}")
-    crops = protocol_crops(images, args.protocol, args.resolution, args.crops_per_image)
+    crops = protocol_crops(list(images), args.protocol, args.resolution, args.crops_per_image)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rFID's small-sample warning is said below, once
@@ -92,19 +111,19 @@ def run(args: argparse.Namespace) -> int:
     distance = next((key for key in ("lpips", "st_lpips") if key in reports[0].metrics), None)
     if distance:
         print(f"perceptual distance: {'LPIPS (AlexNet, the original weights)' if distance == 'lpips' else 'ST-LPIPS (AlexNet, shift-tolerant; the original LPIPS is not available offline here)'}")
-    if "rfid" in metrics:
+    if "rfid" in reports[0].metrics:
         print(f"rFID over {len(crops)} images")
-        if len(crops) < fid.FEW_IMAGES:
-            warnings.warn(f"rFID over {len(crops)} images is noisy and biased upward below {fid.FEW_IMAGES} "
-                          "(published tables use 5,000 to 50,000): pass more images with --data", stacklevel=1)
+        if (warning := fid.few_images_warning(len(crops))) is not None:
+            warnings.warn(warning, stacklevel=1)
     output.mkdir(parents=True, exist_ok=True)
     conversion.write_json(
         {"crops": len(crops), "images": len(images), "data": where, "protocol": args.protocol,
          "resolution": args.resolution, "teacher": args.teacher, "metrics": list(metrics),
+         "not_measured": unavailable(metrics),
          "vaes": [{"name": r.name, "parameters": r.parameters, **r.metrics} for r in reports]},
         output / "eval.json",
     )
-    labels = ["original"] + [Path(r.name).name if Path(r.name).name != "model" else Path(r.name).parent.name for r in reports]
-    save_png(grid([crops, *reconstructions], labels=labels), output / "eval.png")
+    short = [Path(r.name).name if Path(r.name).name != "model" else Path(r.name).parent.name for r in reports]
+    save_png(grid([crops, *reconstructions], labels=["original", *short]), output / "eval.png")
     print(f"table: {output / 'eval.json'}  grid: {output / 'eval.png'}")
     return 0

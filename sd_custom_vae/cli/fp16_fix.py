@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_data_flags, data_options
+from . import add_data_flags, add_parser, data_options
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_parser(
+        subparsers,
         "fp16-fix",
         help="rescale a VAE so it runs in float16 without NaN (exact, no training)",
         description="Measure the VAE's activations on real images and random latents, rescale its residual streams "
@@ -31,28 +32,27 @@ def run(args: argparse.Namespace) -> int:
 
     import conversion
 
-    from ..data import evaluation_crops, prepare_images
-    from ..fp16 import calibration_images, calibration_latents, make_fp16_safe
-    from ..image_sources import open_source, take
-    from ..loading import load_vae
+    from ..data import evaluation_crops, read_images
+    from ..models import load_vae
+    from ..models.fp16 import calibration_latents, make_fp16_safe
+    from . import pick_device, positive
 
+    positive("--images", args.images)
+    positive("--resolution", args.resolution, 8)
     conversion.check_new(args.output, args.overwrite)  # before any work
     if args.ldm:
         conversion.check_new(args.ldm, args.overwrite)
-    vae = load_vae(args.input, torch.float32, args.subfolder)
-    if args.data is None:
-        images = calibration_images(args.resolution, args.images)
-    else:
-        found = prepare_images(take(open_source(args.data, data_options(args)), args.images), args.resolution, None)
-        if not found:
-            raise ValueError(f"{args.data}: no readable images")
-        images = evaluation_crops(found, args.resolution, 1)
+        if not str(args.ldm).endswith(".safetensors"):
+            raise ValueError(f"--ldm {args.ldm}: the LDM file is written as safetensors and must end in .safetensors")
+    vae = load_vae(args.input, torch.float32, args.subfolder).to(pick_device(None))
     factor = vae.downsampling_factor
-    if images.shape[-1] % factor:
+    if args.resolution % factor:
         raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's downsampling factor {factor}")
+    found, _ = read_images(args.data, args.resolution, data_options(args), limit=args.images)
+    images = evaluation_crops(list(found), args.resolution, 1)[: args.images]
     report = make_fp16_safe(vae, images, calibration_latents(vae))
     print(report)
-    checkpoint = conversion.to_scratch(vae.state_dict(), dict(vae.config), source=str(args.input))
+    checkpoint = conversion.as_checkpoint(vae.state_dict(), dict(vae.config), source=str(args.input))
     print(f"wrote {conversion.save_checkpoint(checkpoint, args.output, 'diffusers', overwrite=args.overwrite)}")
     if args.ldm:
         print(f"wrote {conversion.save_checkpoint(checkpoint, args.ldm, 'ldm', overwrite=args.overwrite)}")

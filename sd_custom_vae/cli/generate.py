@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 
-DTYPES = ("auto", "fp32", "fp16", "bf16")
+import conversion
+
+from . import add_parser
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_parser(
+        subparsers,
         "generate",
         help="generate an image with a Stable Diffusion pipeline that uses your VAE",
         description="Load a diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, ...: the model folder decides) "
@@ -26,7 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--height", type=int, default=None, help="default: the model's native size")
     parser.add_argument("--width", type=int, default=None, help="default: the model's native size")
     parser.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: fp16 on a GPU, fp32 on the CPU")
+    parser.add_argument("--dtype", choices=["auto", *conversion.DTYPES], default="auto",
+                        help="auto: fp16 on a GPU, fp32 on the CPU")
     parser.set_defaults(handler=run)
 
 
@@ -35,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from diffusers import AutoPipelineForText2Image
     from PIL import Image
 
-    import conversion
+    from ..models.pipeline import load_pipeline
+    from . import pick_device, positive
 
-    from ..pipeline import load_pipeline
-    from . import pick_device
-
-    if args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    positive("--steps", args.steps)
+    positive("--height", args.height, 8)
+    positive("--width", args.width, 8)
+    if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
+        raise ValueError(f"--guidance-scale must be a number of 0 or more (1: no guidance), got {args.guidance_scale}")
     output = conversion.check_new(args.output, args.overwrite)  # before minutes of loading
     image_format = Image.registered_extensions().get(output.suffix.lower())
     if image_format is None:

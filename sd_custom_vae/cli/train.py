@@ -11,6 +11,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
+from . import add_parser
+
 
 def _flag_type(annotation) -> type:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -19,7 +21,7 @@ def _flag_type(annotation) -> type:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> list[str]:
     """One flag per TrainConfig field that has one; returns the field names."""
-    from ..train_config import RENAMED_VALUES, TrainConfig
+    from ..training.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     names = []
@@ -32,21 +34,24 @@ def add_config_flags(parser: argparse.ArgumentParser) -> list[str]:
         if kind is bool:
             parser.add_argument(*flags, dest=f.name, action="store_true", default=None, help=rules["help"])
         else:
-            choices = rules["choices"] and (*rules["choices"], *RENAMED_VALUES.get(f.name, {}))  # old names still read
+            choices = rules["choices"] and (*rules["choices"], *rules["renamed"])  # old names still read
             parser.add_argument(*flags, dest=f.name, type=kind, choices=choices, help=rules["help"])
         names.append(f.name)
     return names
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    from ..training.presets import PRESETS
+
+    parser = add_parser(
+        subparsers,
         "train",
         help="train a VAE (the main job; with no arguments: the tiny preset on the built-in photos)",
         description="Train a ScratchVAE and export a CustomAutoencoderKL folder ready for vae=. "
         "With no arguments it trains the tiny preset on photos that installed packages ship, in minutes on a CPU.",
     )
     parser.add_argument(
-        "--config", default=None, help="preset (tiny, small, student, sd) or a YAML/JSON file of TrainConfig fields"
+        "--config", default=None, help=f"preset ({', '.join(PRESETS)}) or a YAML/JSON file of TrainConfig fields"
     )
     parser.set_defaults(config_fields=add_config_flags(parser))
     parser.add_argument(
@@ -62,18 +67,19 @@ def register(subparsers) -> None:
 def resolve_config(args: argparse.Namespace):
     """The run's TrainConfig: the preset or file, then the flags given. Resuming starts from the run's saved
     configuration instead (unless --config names another, which must then describe the same network)."""
-    from .. import run_files
-    from ..train_config import load_config, read_config_file
+    from ..models.run_layout import TRAIN_CONFIG
+    from ..training.checkpoints import STATE
+    from ..training.presets import load_config, read_config_file
 
     overrides = {name: getattr(args, name) for name in args.config_fields if getattr(args, name, None) is not None}
     if not args.resume:
         return load_config(args.config, **overrides)
     run = Path(args.output if args.resume is True else args.resume)
-    run = run.parent.parent if (run / run_files.STATE).exists() else run  # a checkpoint folder: its run
+    run = run.parent.parent if (run / STATE).exists() else run  # a checkpoint folder: its run
     overrides.setdefault("output", str(run))
     if args.config is not None:
         return load_config(args.config, **overrides)
-    saved = run / run_files.TRAIN_CONFIG
+    saved = run / TRAIN_CONFIG
     if not saved.exists():
         raise FileNotFoundError(f"cannot resume: {saved} does not exist (is {run} a training run folder?)")
     values = read_config_file(saved)
@@ -81,7 +87,7 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import train
+    from ..training.trainer import train
 
     if args.resume is True and not args.output:
         raise ValueError("--resume without a folder needs --output RUN")

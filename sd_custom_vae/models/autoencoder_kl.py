@@ -1,0 +1,259 @@
+"""CustomAutoencoderKL: our network, as an ``AutoencoderKL`` to everything that looks.
+
+It is a subclass of diffusers' ``AutoencoderKL`` (``isinstance`` holds: pipelines' type checks,
+``pipe.fuse_qkv_projections()``, third-party code) whose constructor never runs ``AutoencoderKL``'s: the
+modules are ours (``VAEModules``), under diffusers' names, so state dicts, PEFT configs and adapter files,
+offload groups and code that walks ``decoder.up_blocks`` work unchanged. Every method of ``AutoencoderKL`` that
+computes is overridden here, so nothing of diffusers' network is built or run inside this class: encode and
+decode, the exact tiling, QKV fusion and the attention processors are ours.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from diffusers import AutoencoderKL, ModelMixin  # noqa: F401 (ModelMixin: see the end of this module)
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
+
+import conversion
+from conversion import LATENT_SPACE
+
+from ..network import DEFAULT, AttentionBlockProcessor, NearestUpsampleConv2d, VAEModules, check_input
+from . import fp16, tiling
+from .checkpoint_io import CheckpointIO
+
+
+class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
+    r"""A KL-regularised VAE, written from scratch, that drops into any Stable Diffusion pipeline as ``vae=``.
+
+    The constructor takes every ``diffusers.AutoencoderKL`` argument, in the same order and with the
+    same meaning: the same config and weights give the same numbers. ``down_block_types``,
+    ``up_block_types`` and ``act_fn`` name what diffusers builds; only the SD VAE's own values
+    (``DownEncoderBlock2D``, ``UpDecoderBlock2D``, ``silu``) describe this network, and ``None``
+    means one of those per level. ``scaling_factor`` (and ``shift_factor``, or
+    ``latents_mean``/``latents_std``) tell pipelines how to scale latents for their UNet;
+    ``force_upcast`` tells them to run this VAE in float32 when the rest of the pipeline is float16.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["ResidualBlock", "AttentionBlock"]
+    _group_offload_block_modules = ["quant_conv", "post_quant_conv", "encoder", "decoder"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = DEFAULT.in_channels,
+        out_channels: int = DEFAULT.out_channels,
+        down_block_types: tuple[str, ...] | None = None,
+        up_block_types: tuple[str, ...] | None = None,
+        block_out_channels: tuple[int, ...] = DEFAULT.block_out_channels,
+        layers_per_block: int = DEFAULT.layers_per_block,
+        act_fn: str = "silu",
+        latent_channels: int = DEFAULT.latent_channels,
+        norm_num_groups: int = DEFAULT.norm_num_groups,
+        sample_size: int = LATENT_SPACE.sample_size,
+        scaling_factor: float = LATENT_SPACE.scaling_factor,
+        shift_factor: float | None = LATENT_SPACE.shift_factor,
+        latents_mean: tuple[float, ...] | None = LATENT_SPACE.latents_mean,
+        latents_std: tuple[float, ...] | None = LATENT_SPACE.latents_std,
+        force_upcast: bool = LATENT_SPACE.force_upcast,
+        use_quant_conv: bool = DEFAULT.use_quant_conv,
+        use_post_quant_conv: bool = DEFAULT.use_post_quant_conv,
+        mid_block_add_attention: bool = DEFAULT.mid_block_add_attention,
+    ):
+        # AutoencoderKL.__init__ would build diffusers' Encoder and Decoder: go past it, to ModelMixin's.
+        super(AutoencoderKL, self).__init__()
+        # @register_to_config has recorded every argument in self.config before this body runs
+        conversion.validate_config(dict(self.config))
+        self.build_network(**{key: self.config[key] for key in conversion.ARCHITECTURE_KEYS})
+        # A saved config names every level, as a stock AutoencoderKL's does.
+        levels = len(block_out_channels)
+        self.register_to_config(
+            down_block_types=[conversion.DIFFUSERS_DOWN_BLOCK] * levels, up_block_types=[conversion.DIFFUSERS_UP_BLOCK] * levels
+        )
+        self.use_slicing = False
+        self.use_tiling = False
+        self.original_attn_processors = None  # what fuse_qkv_projections replaced
+        # as diffusers: images larger than sample_size are tiled
+        tile = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
+        self.tiling = tiling.TilingConfig(tile_size=max(tile, 8))
+        self.tile_overlap_factor = 0.25  # AutoencoderKL's attribute; exact tiling needs no overlap
+
+    # -- tiling and slicing ------------------------------------------------------------------------
+
+    def enable_tiling(
+        self, tile_size: int | None = None, max_memory: int | None = None, spill_dir: str | os.PathLike | None = None
+    ) -> None:
+        """Encode and decode images larger than `tile_size` pixels (default ``config.sample_size``) tile by tile,
+        without seams, holding about `max_memory` bytes of activations (default 2 GiB; what does not fit
+        goes to a temporary file in `spill_dir`).
+
+        GroupNorm statistics span the whole image, so the tiled result equals the untiled one up to float
+        rounding (see ``tiling.py``).
+        """
+        self.tiling = self.tiling.with_overrides(tile_size=tile_size, max_memory=max_memory, spill_dir=spill_dir)
+        self.use_tiling = True
+
+    # AutoencoderKL's names for the tile size, which users and some pipelines set directly
+    @property
+    def tile_sample_min_size(self) -> int:
+        return self.tiling.tile_size
+
+    @tile_sample_min_size.setter
+    def tile_sample_min_size(self, size: int) -> None:
+        self.tiling = self.tiling.with_overrides(tile_size=size)
+
+    @property
+    def tile_latent_min_size(self) -> int:
+        return self.tiling.tile_size // self.downsampling_factor
+
+    def make_fp16_safe(self, images: torch.Tensor | None = None, latents: torch.Tensor | None = None) -> fp16.Fp16Report:
+        """Rescale this VAE's activations, exactly and without training, so that it runs in float16 without
+        overflow; sets ``force_upcast`` False. Measured on `images` (default: crops of the built-in photos) and
+        decoder `latents` (default: random latents of a diffusion model's spread). See ``fp16.py``."""
+        images = fp16.calibration_images() if images is None else images
+        latents = fp16.calibration_latents(self) if latents is None else latents
+        return fp16.make_fp16_safe(self, images.to(self.device), latents.to(self.device))
+
+    # -- attention -----------------------------------------------------------------------------------
+
+    def set_default_attn_processor(self) -> None:
+        """Back to this VAE's own attention computation (``AttentionBlockProcessor``) in every attention block."""
+        self.set_attn_processor(AttentionBlockProcessor())
+
+    def fuse_qkv_projections(self) -> None:
+        """One fused query-key-value projection per attention block (what ``pipe.fuse_qkv_projections()`` asks for);
+        the outputs stay the same."""
+        self.original_attn_processors = self.attn_processors
+        AttentionMixin.fuse_qkv_projections(self)
+
+    def unfuse_qkv_projections(self) -> None:
+        """Separate projections again, and the processors that were set before fusing."""
+        AttentionMixin.unfuse_qkv_projections(self)
+        if self.original_attn_processors is not None:
+            self.set_attn_processor(self.original_attn_processors)
+            self.original_attn_processors = None
+
+    # -- PEFT -----------------------------------------------------------------------------------
+
+    def add_adapter(self, adapter_config, adapter_name: str = "default") -> None:
+        super().add_adapter(adapter_config, adapter_name)
+        self._adapt_upsample_lora()
+
+    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, prefix="transformer", hotswap: bool = False, **kwargs):
+        result = super().load_lora_adapter(pretrained_model_name_or_path_or_dict, prefix=prefix, hotswap=hotswap, **kwargs)
+        self._adapt_upsample_lora()
+        return result
+
+    def _adapt_upsample_lora(self) -> None:
+        """PEFT builds a conv's LoRA pair with the base conv's class. Around an upsampling conv the first
+        (A, on the block's input) must upsample as the base does; the second (B, a 1×1 conv of A's already
+        enlarged output) must not: it becomes a plain ``Conv2d`` with the same weights."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, layer in self.named_modules():
+            if not isinstance(layer, LoraLayer) or not isinstance(layer.get_base_layer(), NearestUpsampleConv2d):
+                continue
+            for adapter, conv in layer.lora_B.items():
+                if layer.use_dora.get(adapter):
+                    raise ValueError(f"DoRA is not supported on the upsampling conv {name}: leave it out of target_modules")
+                if type(conv) is NearestUpsampleConv2d:
+                    plain = torch.nn.Conv2d(
+                        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, groups=conv.groups,
+                        bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
+                    )
+                    plain.load_state_dict(conv.state_dict())
+                    plain.requires_grad_(conv.weight.requires_grad)
+                    layer.lora_B[adapter] = plain
+
+    # -- encode ---------------------------------------------------------------------------------
+
+    def _check_dtype(self, x: torch.Tensor, what: str) -> None:
+        if x.dtype != self.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{what} is {x.dtype} but the VAE computes in {self.dtype}: convert it with .to({self.dtype}) "
+                "(or the VAE with .to(dtype))"
+            )
+
+    def _encode(self, x: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        if tiled is None:
+            tiled = self.use_tiling and max(x.shape[-2:]) > self.tiling.tile_size
+        moments = tiling.tiled_encode(self.encoder, x, self.tiling) if tiled else self.encoder(x)
+        return moments if self.quant_conv is None else self.quant_conv(moments)
+
+    def _encoding(self, x: torch.Tensor, return_dict: bool, tiled: bool | None = None):
+        check_input(x, self.config.in_channels, self.downsampling_factor, "image")
+        self._check_dtype(x, "image")
+        if self.use_slicing and x.shape[0] > 1:
+            moments = torch.cat([self._encode(one, tiled) for one in x.split(1)])
+        else:
+            moments = self._encode(x, tiled)
+        posterior = DiagonalGaussianDistribution(moments)
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    @apply_forward_hook
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
+        """Images in [-1, 1], shape (batch, channels, height, width) → the latent distribution."""
+        return self._encoding(x, return_dict)
+
+    def tiled_encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput:
+        """``encode`` computed tile by tile whatever the size: the same result, to float rounding."""
+        return self._encoding(x, return_dict, tiled=True)
+
+    # -- decode ---------------------------------------------------------------------------------
+
+    def _decode(self, z: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        if tiled is None:
+            tiled = self.use_tiling and max(z.shape[-2:]) * self.downsampling_factor > self.tiling.tile_size
+        return tiling.tiled_decode(self.decoder, z, self.tiling) if tiled else self.decoder(z)
+
+    def _decoding(self, z: torch.Tensor, return_dict: bool, tiled: bool | None = None):
+        check_input(z, self.config.latent_channels, 1, "latents")
+        self._check_dtype(z, "latents")
+        if self.use_slicing and z.shape[0] > 1:
+            sample = torch.cat([self._decode(one, tiled) for one in z.split(1)])
+        else:
+            sample = self._decode(z, tiled)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    @apply_forward_hook
+    def decode(
+        self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Latents (unscaled: divide a pipeline's latents by ``scaling_factor`` first) → images in [-1, 1].
+
+        `generator` is accepted for interface parity with ``AutoencoderKL``; decoding is deterministic.
+        """
+        return self._decoding(z, return_dict)
+
+    def tiled_decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
+        """``decode`` computed tile by tile whatever the size: the same result, to float rounding."""
+        return self._decoding(z, return_dict, tiled=True)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        posterior = self.encode(sample).latent_dist
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        decoded = self.decode(z).sample
+        return DecoderOutput(sample=decoded) if return_dict else (decoded,)
+
+
+# Pipelines name a component in model_index.json by its class's module, and diffusers finds that module among the
+# modules already imported (and, in it, ModelMixin, to know how to load the class). The name recorded is the class's
+# public path, where it lived up to 0.2 and where sd_custom_vae/autoencoder_kl.py keeps it: saved pipelines stay
+# loadable whatever this package's layout.
+CustomAutoencoderKL.__module__ = "sd_custom_vae.autoencoder_kl"
+sys.modules.setdefault(CustomAutoencoderKL.__module__, sys.modules[__name__])

@@ -1,0 +1,257 @@
+"""Half precision without NaN: rescale a VAE's activations, exactly, instead of fine-tuning it.
+
+Some VAEs (SDXL's) have activations beyond float16's 65504, so pipelines upcast them to float32
+(``force_upcast``). GroupNorm ignores the scale of its input, which leaves two kinds of freedom
+(each block states its part in ``stream_roles()``, ``network/roles.py``):
+
+- the *residual stream* (what conv_in writes, every residual block adds to, a resampler or a
+  shortcut conv carries to the next level) can be multiplied by any s > 0 between two layers that
+  write into it: multiply those layers' weights and biases (the residual branches' last convs, the
+  attention output projections) by s and every GroupNorm reading the stream sees the same
+  normalised values;
+- a residual block's inner activation (conv1's output) feeds only a GroupNorm: conv1 can be scaled freely.
+
+The scales are powers of two, so the rescaled weights are exact in any float format and float32
+outputs stay the same but for GroupNorm's epsilon, which a scale is never allowed to make matter
+(the smallest group variance it reads, times the scale squared, stays far above epsilon). The
+activations are measured in float32 on real images (encoder) and on random latents of the spread a
+diffusion model produces (decoder); each scale brings its part below 65504 / ``HEADROOM``.
+
+The result is then run in float16 (``float16.py``): on a GPU for real, on a CPU, which has no fast float16
+kernels, emulated on float32 ones. GroupNorm and attention work per sample, so each input's activations do
+not depend on the others in its batch: the float16 runs take only the inputs that reach some layer's largest
+activation, where float16 overflows first if it overflows anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..network import Decoder, Encoder, StreamRole
+from .float16 import FP16_MAX, in_float16
+
+HEADROOM = 16.0  # the largest activation after the fix stays below FP16_MAX / HEADROOM
+EPS_MARGIN = 1e4  # a GroupNorm's smallest group variance stays at least this many epsilons: eps cannot matter
+
+
+@dataclass
+class Fp16Report:
+    """What ``make_fp16_safe`` found and did. Errors are of images in [-1, 1]."""
+
+    max_activation_before: float
+    max_activation_after: float
+    fp16_error_before: float  # max |fp16 reconstruction - fp32 reconstruction| (inf: NaN or overflow)
+    fp16_error_after: float
+    fp32_change: float  # max |fp32 reconstruction after - before|: the fix's own (GroupNorm epsilon) effect
+    scales: dict[str, float] = field(default_factory=dict)
+    checked_on: str = ""  # how float16 was run, on which inputs
+
+    def __str__(self) -> str:
+        def error(value: float) -> str:
+            return "NaN/overflow" if not math.isfinite(value) else f"{value:.2e}"
+
+        changed = {k: v for k, v in self.scales.items() if v != 1.0}
+        return (
+            f"largest activation {self.max_activation_before:.4g} → {self.max_activation_after:.4g} "
+            f"(float16 max {FP16_MAX:.0f})\n"
+            f"float16 vs float32 reconstruction: {error(self.fp16_error_before)} → {error(self.fp16_error_after)} "
+            f"({self.checked_on})\n"
+            f"float32 outputs changed by {self.fp32_change:.2e}; {len(changed)} stream/branch scale(s) set: "
+            + ", ".join(f"{k} ×2^{int(math.log2(v))}" for k, v in list(changed.items())[:8])
+            + (" ..." if len(changed) > 8 else "")
+        )
+
+
+def _roles(network: Encoder | Decoder) -> list[StreamRole]:
+    return [role for block in network.blocks() for role in block.stream_roles()]
+
+
+class _Measure:
+    """Forward hooks recording, per layer, the largest |activation| (and which input of the batch reached it)
+    and the smallest GroupNorm group variance."""
+
+    def __init__(self, networks: list[Encoder | Decoder]):
+        self.maximum: dict[nn.Module, float] = {}
+        self.worst_input: dict[nn.Module, int] = {}
+        self.min_variance: dict[nn.Module, float] = {}
+        self.handles = []
+        for network in networks:
+            for role in _roles(network):
+                for module in (*role.measured, *role.branch[:1]) if role.branch else role.measured:
+                    self._output(module)
+                for norm in (*role.reads, *role.branch[1:]) if role.branch else role.reads:
+                    self._norm_input(norm)
+
+    def _output(self, module: nn.Module) -> None:
+        def hook(_, __, out):
+            per_input = out.detach().abs().flatten(1).amax(1).float().nan_to_num(nan=math.inf)  # NaN counts as largest
+            worst = int(per_input.argmax())
+            if per_input[worst].item() > self.maximum.get(module, -1.0):
+                self.maximum[module], self.worst_input[module] = per_input[worst].item(), worst
+
+        self.handles.append(module.register_forward_hook(hook))
+
+    def _norm_input(self, norm: nn.GroupNorm) -> None:
+        def hook(_, args):
+            x = args[0].detach().double()
+            variance = x.reshape(x.shape[0], norm.num_groups, -1).var(-1, unbiased=False).min().item()
+            self.min_variance[norm] = min(self.min_variance.get(norm, math.inf), variance)
+
+        self.handles.append(norm.register_forward_pre_hook(hook))
+
+    def worst_inputs(self, network: Encoder | Decoder) -> list[int]:
+        """The inputs of the batch `network` ran on that reach the largest activation of at least one of its layers."""
+        modules = {m for role in _roles(network) for m in role.measured}
+        return sorted({index for module, index in self.worst_input.items() if module in modules})
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@dataclass
+class _Segment:
+    """A stretch of the residual stream between two layers that can rescale it."""
+
+    name: str
+    maximum: float = 0.0  # the largest |value| the stream (or a branch adding to it) reaches here
+    min_variance: float = math.inf  # the smallest group variance a GroupNorm reads from it
+    scale: float = 1.0
+
+
+def _plan(network: Encoder | Decoder, measure: _Measure, names: dict[nn.Module, str]) -> tuple[list[_Segment], list]:
+    """The stream's segments and, per role, (role, incoming segment or None, outgoing segment)."""
+    segments: list[_Segment] = []
+    links = []
+    for role in _roles(network):
+        first = not segments
+        if first or role.starts_stream:
+            writer = (role.carries or role.writes)[0]
+            segments.append(_Segment(f"stream from {names[writer]}"))
+        out = len(segments) - 1
+        incoming = None if first else (out - 1 if role.starts_stream else out)
+        for module in role.measured:
+            segments[out].maximum = max(segments[out].maximum, measure.maximum[module])
+        for norm in role.reads:
+            segments[incoming].min_variance = min(segments[incoming].min_variance, measure.min_variance[norm])
+        links.append((role, incoming, out))
+    return segments, links
+
+
+def _scale_for(maximum: float, min_variance: float, eps: float) -> float:
+    """The largest power of two ≤ 1 that brings `maximum` under the target, if epsilon allows it."""
+    target = FP16_MAX / HEADROOM
+    if not math.isfinite(maximum) or maximum <= target:  # within range, or broken in float32 already
+        return 1.0
+    scale = 2.0 ** math.floor(math.log2(target / maximum))
+    # GroupNorm reads the scaled values: their variance must stay far above its epsilon
+    floor = math.sqrt(EPS_MARGIN * eps / min_variance) if min_variance > 0 and math.isfinite(min_variance) else 0.0
+    while scale < 1.0 and scale < floor:
+        scale *= 2.0
+    return scale
+
+
+@torch.no_grad()
+def _multiply(module: nn.Module, weight: float, bias: float) -> None:
+    module.weight.mul_(weight)
+    if module.bias is not None:
+        module.bias.mul_(bias)
+
+
+def _apply(segments: list[_Segment], links: list, branch_scales: dict[nn.Module, float]) -> None:
+    for role, incoming, out in links:
+        s_out = segments[out].scale
+        s_in = 1.0 if incoming is None else segments[incoming].scale
+        for module in role.writes:
+            _multiply(module, s_out, s_out)
+        for module in role.carries:
+            _multiply(module, s_out / s_in, s_out)
+        if role.branch:
+            scale = branch_scales[role.branch[0]]
+            _multiply(role.branch[0], scale, scale)
+
+
+def _reconstruct(vae, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """The decoder's output on `latents` and the round trip of `images`, flattened into one tensor."""
+    with torch.no_grad():
+        decoded = vae.decode(latents.to(vae.device, vae.dtype)).sample.float().cpu()
+        round_trip = vae.decode(vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()).sample.float().cpu()
+    return torch.cat([decoded.flatten(), round_trip.flatten()])
+
+
+def _error(a: torch.Tensor, b: torch.Tensor) -> float:
+    difference = (a - b).abs().max().item()
+    return difference if math.isfinite(difference) else math.inf
+
+
+def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Report:
+    """Rescale `vae` (a float32 ``CustomAutoencoderKL``, changed in place) so that float16 does not overflow on
+    `images` (N, 3, H, W in [-1, 1]) and decoder `latents`; sets ``force_upcast`` False. See the module docstring."""
+    if vae.dtype != torch.float32:
+        raise ValueError(f"make_fp16_safe measures the VAE in float32; it is {vae.dtype}: call .float() first")
+    vae.eval()
+    networks = [vae.encoder, vae.decoder]
+    measure = _Measure(networks)
+    try:
+        with torch.no_grad():
+            vae.decoder(vae.post_quant_conv(latents) if vae.post_quant_conv is not None else latents)
+            vae.encoder(images)
+    finally:
+        measure.remove()
+    # float16 overflows first where float32 is largest: check it on the inputs that get there
+    images, latents = images[measure.worst_inputs(vae.encoder)], latents[measure.worst_inputs(vae.decoder)]
+    reference = _reconstruct(vae, images, latents)
+    half, checked_on = in_float16(vae)
+    half_before = _reconstruct(half, images, latents)
+    del half
+
+    names = {module: name for name, module in vae.named_modules()}
+    eps = vae.encoder.conv_norm_out.eps
+    scales: dict[str, float] = {}
+    for side, network in (("encoder", vae.encoder), ("decoder", vae.decoder)):
+        segments, links = _plan(network, measure, names)
+        for segment in segments:
+            segment.scale = _scale_for(segment.maximum, segment.min_variance, eps)
+            scales[f"{side} {segment.name}"] = segment.scale
+        branch_scales = {
+            role.branch[0]: _scale_for(measure.maximum[role.branch[0]], measure.min_variance[role.branch[1]], eps)
+            for role, _, _ in links if role.branch
+        }
+        scales.update({f"{names[conv]} (residual branch)": s for conv, s in branch_scales.items()})
+        _apply(segments, links, branch_scales)
+
+    after = _Measure(networks)
+    try:
+        fixed = _reconstruct(vae, images, latents)
+    finally:
+        after.remove()
+    half, _ = in_float16(vae)
+    half_after = _reconstruct(half, images, latents)
+    vae.register_to_config(force_upcast=False)
+    return Fp16Report(
+        max_activation_before=max(measure.maximum.values()),
+        max_activation_after=max(after.maximum.values()),
+        fp16_error_before=_error(half_before, reference),
+        fp16_error_after=_error(half_after, fixed),
+        fp32_change=_error(fixed, reference),
+        scales=scales,
+        checked_on=f"{checked_on}, on {len(images)} image(s) and {len(latents)} latent(s) reaching the largest activations",
+    )
+
+
+def calibration_images(resolution: int = 256, count: int = 8) -> torch.Tensor:
+    """Crops of the built-in photos, training and validation alike: what the encoder is measured on by default."""
+    from ..data import evaluation_crops, read_images
+
+    return evaluation_crops(list(read_images(None, resolution, limit=count)[0]), resolution, 1)[:count]
+
+
+def calibration_latents(vae, count: int = 4, side: int = 32, seed: int = 0) -> torch.Tensor:
+    """Latents of the spread a diffusion model hands the decoder: N(0, 1) in the UNet's scale, unscaled."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(count, vae.config.latent_channels, side, side, generator=generator)
+    return z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)

@@ -1,0 +1,63 @@
+"""The shape of the network: ``AutoencoderKL``'s architecture arguments, their defaults, and the rules they obey.
+
+Written once here. ``ScratchVAE`` and ``CustomAutoencoderKL`` take these keywords (with these defaults),
+``conversion`` reads them from files and infers them from tensor shapes, and every check of them is
+``validate_architecture``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the weights' shapes depend on, with diffusers' ``AutoencoderKL`` defaults."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: tuple[int, ...] = (64,)  # channels of each resolution level, first to last
+    layers_per_block: int = 1  # residual blocks per encoder level (the decoder has one more)
+    latent_channels: int = 4
+    norm_num_groups: int = 32  # GroupNorm groups: not visible in the weights
+    mid_block_add_attention: bool = True
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+
+
+DEFAULT = Architecture()
+ARCHITECTURE_KEYS = tuple(f.name for f in fields(Architecture))
+
+
+def downsampling_factor(block_out_channels) -> int:
+    """Image side / latent side: every level but the last halves the resolution."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_architecture(config: dict) -> None:
+    """Raise ``ValueError`` naming the key, the value and what is expected, for every architecture key present.
+
+    Types are strict (``"4"`` is not a number, ``1`` is not ``true``): a config file that says otherwise was
+    written by something else and should be looked at, not silently coerced.
+    """
+    for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
+        if key in config and (not is_int(config[key]) or config[key] < 1):
+            raise ValueError(f"config {key} must be a positive integer, got {config[key]!r}")
+    for key in ("mid_block_add_attention", "use_quant_conv", "use_post_quant_conv"):
+        if key in config and not isinstance(config[key], bool):
+            raise ValueError(f"config {key} must be true or false, got {config[key]!r}")
+    if "block_out_channels" in config:
+        channels = config["block_out_channels"]
+        groups = config.get("norm_num_groups", DEFAULT.norm_num_groups)
+        if not isinstance(channels, (list, tuple)) or not channels:
+            raise ValueError(f"config block_out_channels must list at least one level, got {channels!r}")
+        for value in channels:
+            if not is_int(value) or value < 1 or value % groups:
+                raise ValueError(
+                    f"config block_out_channels entry {value!r} (in {tuple(channels)}) is not a positive "
+                    f"multiple of norm_num_groups={groups}: GroupNorm splits channels into that many groups"
+                )

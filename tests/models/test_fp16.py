@@ -1,0 +1,72 @@
+"""fp16-fix: a VAE whose float16 decode overflows comes back exact in float32, finite and close in float16,
+and loadable by stock diffusers."""
+
+import copy
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from factories import tiny_vae
+
+from sd_custom_vae.cli import main
+from sd_custom_vae.models.fp16 import FP16_MAX, HEADROOM, calibration_latents
+
+BLOW_UP = 2.0**14
+
+
+def overflowing_vae():
+    """A tiny VAE with its decoder's first residual stream scaled up by 2^14: the same function in float32 (the
+    fp16-fix transform in reverse), activations far beyond float16's range."""
+    vae = tiny_vae(block_out_channels=(32, 64), scaling_factor=0.5)
+    decoder = vae.decoder
+    with torch.no_grad():
+        mid = decoder.mid_block
+        for module in (decoder.conv_in, mid.resnets[0].conv2, mid.attentions[0].to_out[0], mid.resnets[1].conv2,
+                       *(block.conv2 for block in decoder.up_blocks[0].resnets)):
+            module.weight.mul_(BLOW_UP)
+            module.bias.mul_(BLOW_UP)
+        decoder.up_blocks[0].upsamplers[0].conv.weight.div_(BLOW_UP)  # the next level reads the stream at its old scale
+    return vae
+
+
+def decode(model, latents, dtype):
+    """`model` run in `dtype`, on a copy: casting it there and back would round its float32 weights."""
+    model = copy.deepcopy(model).to(dtype)
+    with torch.no_grad():
+        return model.decode(latents.to(dtype)).sample.float()
+
+
+def test_fp16_fix_makes_an_overflowing_vae_exact_in_half_precision(tmp_path, capsys):
+    original = tiny_vae(block_out_channels=(32, 64), scaling_factor=0.5)
+    broken = overflowing_vae()
+    latents = calibration_latents(broken, count=2, side=8, seed=3)
+    expected = decode(original, latents, torch.float32)
+    assert (decode(broken, latents, torch.float32) - expected).abs().max() < 1e-3  # same function ...
+    assert not torch.isfinite(decode(broken, latents, torch.float16)).all()  # ... that float16 cannot run
+
+    broken.save_pretrained(tmp_path / "broken")
+    assert main(["fp16-fix", str(tmp_path / "broken"), str(tmp_path / "fixed"), "--resolution", "64", "--images", "4",
+                 "--ldm", str(tmp_path / "fixed.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "NaN/overflow →" in out and "wrote" in out
+
+    stock = AutoencoderKL.from_pretrained(tmp_path / "fixed")  # plain diffusers, nothing of ours
+    assert stock.config.force_upcast is False
+    fixed32 = decode(stock, latents, torch.float32)
+    fixed16 = decode(stock, latents, torch.float16)
+    assert (fixed32 - expected).abs().max() <= 1e-3
+    assert torch.isfinite(fixed16).all()
+    assert (fixed16 - fixed32).abs().max() <= 3e-2
+    assert (tmp_path / "fixed.safetensors").is_file()
+
+
+def test_make_fp16_safe_keeps_every_activation_under_the_headroom():
+    vae = overflowing_vae()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    report = vae.make_fp16_safe(images, calibration_latents(vae, count=2, side=8))
+    assert report.max_activation_before > FP16_MAX
+    assert report.max_activation_after <= FP16_MAX / HEADROOM * 2  # a power of two under the target, at most
+    assert report.fp32_change <= 1e-3 and report.fp16_error_after <= 3e-2
+    assert vae.config.force_upcast is False
+    with pytest.raises(ValueError, match="float32"):
+        vae.half().make_fp16_safe(images)
