@@ -38,7 +38,7 @@ from .convert import (
 )
 from .detect import Detection, detect_scheme
 from .files import atomic_folder, atomic_path, check_new, check_writable, read_json, write_json
-from .formats import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint, write_model_folder, write_safetensors
+from .formats import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint, shard_files, write_model_folder, write_safetensors
 from .schemes import OURS, SCHEMES, Slot, expected_shapes
 
 __all__ = [
@@ -47,6 +47,6 @@ __all__ = [
     "Detection", "Slot", "VAECheckpoint", "as_checkpoint", "atomic_folder", "atomic_path", "check_new",
     "check_values", "check_writable", "convert_checkpoint", "convert_state_dict", "course", "detect_scheme",
     "expected_shapes", "from_diffusers_config", "key_scheme", "load_checkpoint", "read_checkpoint", "read_json",
-    "rename_to_ours", "resolve_target", "save_checkpoint", "to_diffusers_config", "to_scratch", "validate_config",
+    "rename_to_ours", "resolve_target", "save_checkpoint", "shard_files", "to_diffusers_config", "to_scratch", "validate_config",
     "write_json", "write_model_folder", "write_safetensors",
 ]

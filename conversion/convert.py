@@ -98,6 +98,8 @@ def check_values(state_dict: dict[str, torch.Tensor], source: str, dtype: torch.
     for key, tensor in state_dict.items():
         if not tensor.is_floating_point():
             raise ValueError(f"{source}: tensor {key!r} holds {tensor.dtype} values; VAE weights are floating point")
+        if tensor.dtype.itemsize == 1:  # float8: stored in it, computed in a wider type
+            tensor = tensor.float()
         if not torch.isfinite(tensor).all():
             bad = (~torch.isfinite(tensor)).sum().item()
             raise ValueError(f"{source}: tensor {key!r} holds {bad} NaN or infinite value(s): the checkpoint is broken")

@@ -52,12 +52,18 @@ def _default_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~umask
 
 
+def _temporary_prefix(path: Path) -> str:
+    """A hidden name beside `path` that says whose it is, short enough for any file name that is itself valid
+    (255 bytes), whatever `path`'s length."""
+    return f".{path.name[:64]}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -76,13 +82,13 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".new", dir=path.parent))
     try:
         yield staging
         os.chmod(staging, _default_mode(folder=True))
         if path.exists():
             # Two renames: there is always a complete folder on disk, the old one or the new one.
-            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            retired = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".old", dir=path.parent))
             os.rename(path, retired / path.name)
             os.rename(staging, path)
             shutil.rmtree(retired, ignore_errors=True)

@@ -8,6 +8,7 @@ target folder and renamed into place, so a failed write never leaves a half file
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -71,6 +72,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]
         config = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: the config in its metadata is not valid JSON ({error.msg})") from None
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"{path}: the config in its metadata is a JSON {type(config).__name__}, not an object of "
+                         "key: value; the file was not written by sd-custom-vae, or was altered")
     return tensors, config
 
 
@@ -113,12 +117,26 @@ def _read_folder(folder: Path, variant: str | None) -> tuple[dict[str, torch.Ten
             if single.exists():
                 return read_checkpoint(single)[0], config
             if index.exists():
-                shards = sorted(set(read_json(index).get("weight_map", {}).values()))
                 tensors: dict[str, torch.Tensor] = {}
-                for shard in shards:
-                    tensors.update(read_checkpoint(folder / shard)[0])
+                for shard in shard_files(index):
+                    tensors.update(read_checkpoint(shard)[0])
                 return tensors, config
     raise FileNotFoundError(f"{folder}: found {CONFIG_NAME} but no {WEIGHTS_NAME}*.safetensors or .bin weights")
+
+
+def shard_files(index: Path) -> list[Path]:
+    """The shard files a sharded folder's ``*.index.json`` names: files in that folder, nowhere else (as diffusers
+    requires), so that an index cannot make a conversion read, and embed, any other file on the machine."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index}: no weight_map of tensor names to shard files")
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"{index}: shard {name!r} is not a file name in the model's folder; a sharded folder's "
+                             "weights are files beside its index")
+        shards.append(index.parent / name)
+    return shards
 
 
 def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, config: dict | None = None) -> Path:
@@ -127,7 +145,11 @@ def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLi
         metadata[CONFIG_METADATA_KEY] = json.dumps(config)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as error:  # the writer's errors are its own type, errno lost: a full disk says so
+            code = errno.ENOSPC if "No space left" in str(error) or "os error 28" in str(error) else errno.EIO
+            raise OSError(code, f"cannot write {path}: {error}", str(path)) from error
     return Path(path)
 
 

@@ -28,11 +28,11 @@ from .image_data import (
     read_images,
 )
 from .images import IMAGE_SUFFIXES, LoadReport, at_least, load_images, prepare_images, read_image, to_image, to_tensor
-from .naming import BUILTIN, find_images, folder_source, looks_like_a_path, open_source
+from .naming import BUILTIN, absolute, find_images, folder_source, looks_like_a_path, open_source
 from .sources import DataOptions, MapSource, StreamSource, bucket, take
 
 __all__ = [
-    "BUILTIN", "IMAGE_SUFFIXES", "MAX_UPSCALE", "PROTOCOLS", "RGB_TO_YCBCR", "Augmentation", "CropBatches",
+    "BUILTIN", "IMAGE_SUFFIXES", "absolute", "MAX_UPSCALE", "PROTOCOLS", "RGB_TO_YCBCR", "Augmentation", "CropBatches",
     "DataOptions", "ImageData", "LoadReport", "MapSource", "RandomCrops", "SourceImages", "StreamCrops",
     "StreamSource", "at_least", "bucket", "builtin_held_out", "builtin_photos", "builtin_source", "check_upscale",
     "evaluation_crops", "expand_braces", "find_images", "folder_source", "held_out_images", "load_image_data",

@@ -38,6 +38,18 @@ def looks_like_a_path(name: str) -> bool:
     return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
+def absolute(name: str | None) -> str | None:
+    """`name` with a local path (a folder, a file, a shard pattern) made absolute, so that it means the same from
+    any folder; a Hub name or a URL as it is; the built-in photos as None."""
+    if name is None or name == BUILTIN:
+        return None
+    if "://" in name:
+        return name
+    if Path(name).exists() or looks_like_a_path(name) or any(c in name for c in "{*?["):
+        return os.path.abspath(os.path.expanduser(name))
+    return name
+
+
 def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptions()) -> MapSource | StreamSource:
     """The images `data` names (see the module docstring)."""
     import datasets

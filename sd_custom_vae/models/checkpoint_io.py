@@ -8,8 +8,10 @@ model repository. A mixin, so that the model class itself reads as the network's
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from pathlib import Path
 from typing import Self
 
 import torch
@@ -25,9 +27,50 @@ class AssumedConfigWarning(UserWarning):
     """A checkpoint did not say a config value the weights cannot tell; the usual one was assumed."""
 
 
+COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # what a model can run in
+
+
 def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     # ModelMixin.to(dtype) logs a warning on every cast, even a no-op one; skip the no-ops.
     return model if next(model.parameters()).dtype == dtype else model.to(dtype)
+
+
+def as_dtype(value) -> torch.dtype:
+    """A torch dtype from what a user may pass for one: a dtype, or its name ("float16", "fp16", "torch.float16")."""
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        name = value.removeprefix("torch.")
+        dtype = conversion.DTYPES.get(name) or getattr(torch, name, None)
+        if isinstance(dtype, torch.dtype):
+            return dtype
+    raise TypeError(f"torch_dtype {value!r} is not a dtype: pass torch.float32, torch.float16 or torch.bfloat16")
+
+
+def _check_config_fits_weights(folder: Path, config: dict, variant: str | None) -> None:
+    """Refuse a config.json whose network the weights beside it cannot fill, before anything is built: a config of
+    two 65,536-channel levels would otherwise allocate a 150 GB model to find out. Reads the safetensors headers."""
+    from safetensors import safe_open
+
+    suffix = f".{variant}" if variant else ""
+    single = folder / f"{conversion.WEIGHTS_NAME}{suffix}.safetensors"
+    index = single.with_name(single.name + ".index.json")
+    files = [single] if single.is_file() else conversion.shard_files(index) if index.is_file() else []
+    if not files:
+        return
+    stored = 0
+    try:
+        for path in files:
+            with safe_open(str(path), framework="pt") as f:
+                stored += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    except Exception:  # noqa: BLE001 - an unreadable file is reported, with its name, when it is loaded
+        return
+    expected = sum(math.prod(shape) for shape in conversion.expected_shapes(conversion.from_diffusers_config(config)).values())
+    if expected > stored:
+        raise ValueError(
+            f"{folder / conversion.CONFIG_NAME} describes a VAE of {expected:,} parameters but its weights hold "
+            f"{stored:,}: the config and the weights are not of one model"
+        )
 
 
 class CheckpointIO:
@@ -41,6 +84,9 @@ class CheckpointIO:
         A folder of another kind of model, or one that leaves any weight out, is an error naming what is wrong:
         diffusers would otherwise return a model with those weights left on the meta device.
         """
+        local = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if local.is_dir() and (local / conversion.CONFIG_NAME).is_file():
+            conversion.read_json(local / conversion.CONFIG_NAME)  # a malformed file is named, not a diffusers traceback
         config = cls.load_config(
             pretrained_model_name_or_path, **{k: kwargs[k] for k in ("subfolder", *HUB_OPTIONS) if k in kwargs}
         )
@@ -50,6 +96,8 @@ class CheckpointIO:
                 f"{pretrained_model_name_or_path}: holds a {class_name}, not a VAE "
                 f"(AutoencoderKL or {cls.__name__}); for a pipeline folder pass subfolder='vae'"
             )
+        if local.is_dir():
+            _check_config_fits_weights(local, config, kwargs.get("variant"))
         output_loading_info = kwargs.get("output_loading_info", False)
         result = super().from_pretrained(pretrained_model_name_or_path, **{**kwargs, "output_loading_info": True})
         model, info = result
@@ -65,15 +113,17 @@ class CheckpointIO:
     def _load_pretrained_model(
         cls, model, state_dict, resolved_model_file, pretrained_model_name_or_path, loaded_keys, *args, **kwargs
     ):
-        """Where ``from_pretrained`` reads the checkpoint: one in other names (LDM, the course's, sd-custom-vae 0.2's),
-        sharded or not, is renamed to ours first. Everything else (dtype, device map, missing-key report) is diffusers'."""
-        if conversion.key_scheme(loaded_keys) != conversion.OURS.name:
-            if state_dict is None:  # sharded: read every shard here (a VAE is small enough to hold at once)
-                from diffusers.models.model_loading_utils import load_state_dict
+        """Where ``from_pretrained`` reads the checkpoint: its values are checked (floating point, finite), and one in
+        other names (LDM, the course's, sd-custom-vae 0.2's) is renamed to ours. Everything else (dtype, device map,
+        missing-key report) is diffusers'."""
+        if state_dict is None:  # sharded: read every shard here (a VAE is small enough to hold at once)
+            from diffusers.models.model_loading_utils import load_state_dict
 
-                state_dict = {}
-                for shard in resolved_model_file:
-                    state_dict.update(load_state_dict(shard))
+            state_dict = {}
+            for shard in resolved_model_file:
+                state_dict.update(load_state_dict(shard))
+        conversion.check_values(state_dict, str(pretrained_model_name_or_path))
+        if conversion.key_scheme(loaded_keys) != conversion.OURS.name:
             state_dict = conversion.rename_to_ours(state_dict)
             loaded_keys = list(state_dict)
         return super()._load_pretrained_model(
@@ -87,7 +137,8 @@ class CheckpointIO:
         model = cls(**config)
         model.load_state_dict(checkpoint.state_dict)
         dtypes = {t.dtype for t in checkpoint.state_dict.values() if t.is_floating_point()}
-        return _cast(model, dtypes.pop()) if len(dtypes) == 1 else model
+        # the weights' own dtype, if one a model computes in (float8 weights load into float32)
+        return _cast(model, dtypes.pop()) if len(dtypes) == 1 and dtypes <= set(COMPUTE_DTYPES) else model
 
     @classmethod
     def from_single_file(
@@ -108,6 +159,7 @@ class CheckpointIO:
         ``scaling_factor=0.13025`` for an SDXL VAE or ``norm_num_groups``, and Hub options
         (``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``force_download``).
         """
+        torch_dtype = None if torch_dtype is None else as_dtype(torch_dtype)
         hub_options = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs}
         if isinstance(config, (str, os.PathLike)):
             config = dict(cls.load_config(config, subfolder=subfolder, **hub_options))

@@ -46,7 +46,14 @@ class TilingConfig:
     spill_dir: str | None = None  # where activations that do not fit go (default: the system's temporary folder)
 
     def with_overrides(self, **overrides) -> "TilingConfig":
-        config = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        for key in ("tile_size", "max_memory"):
+            value = overrides.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"enable_tiling({key}=...) takes a whole number (pixels, bytes), got {value!r}")
+        if "spill_dir" in overrides:
+            overrides["spill_dir"] = str(overrides["spill_dir"])
+        config = replace(self, **overrides)
         if config.tile_size < 8 or config.max_memory < (1 << 20):
             raise ValueError(f"tile_size must be at least 8 and max_memory at least 1 MiB, got {config}")
         return config

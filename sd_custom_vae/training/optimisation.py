@@ -44,7 +44,9 @@ class Optimisation:
         self.scheduler = _schedule(config, self.optimizer)
         self.adversary = adversary
         self.disc_scheduler = _schedule(config, adversary.optimizer) if adversary is not None else None
-        self.ema = EMAModel(self.trainable, decay=config.ema_decay).to(device) if config.ema_decay > 0 else None
+        self.ema = EMAModel(self.trainable, decay=config.ema_decay) if config.ema_decay > 0 else None
+        if self.ema is not None:
+            self.ema.to(device)  # in place (it returns nothing)
 
     @property
     def learning_rate(self) -> float:

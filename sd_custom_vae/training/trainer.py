@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import conversion
 
-from ..data import MAX_UPSCALE, DataOptions, load_image_data
+from ..data import MAX_UPSCALE, DataOptions, absolute, load_image_data
 from ..evaluation.perceptual import STLPIPS
 from ..models import ScratchVAE
 from ..models.run_layout import TRAIN_CONFIG
@@ -92,6 +92,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: str | Path | bool | None = None, overwrite: bool = False,
                  accelerator: Accelerator | None = None, progress: bool = True):
         tracking.check_installed(config.report_to)
+        # local paths recorded absolute: a resume from another folder reads the same images and teacher
+        config = config.replace(data=absolute(config.data), teacher=absolute(config.teacher))
         self.accelerator = a = accelerator or make_accelerator(config)
         self.progress = progress
         folder = RunFolder(config.output, config.preset, bool(resume), overwrite)
@@ -202,7 +204,7 @@ class Trainer:
                 checkpoints.MODEL_WEIGHTS: (model.state_dict(), model.config),
                 **self.optimisation.state(a),
                 checkpoints.STATE: {"step": self.step, "elapsed": self.elapsed, "history": self.history,
-                                    "val_history": self.validation.history},
+                                    "val_history": self.validation.history, "data": self.config.data},
             }
             checkpoints.save(self.output, self.step, files, self.config.keep_checkpoints)
         a.wait_for_everyone()
@@ -221,8 +223,14 @@ class Trainer:
                 f"{folder} holds another architecture than this run's configuration ({str(error).splitlines()[-1].strip()}); "
                 "resume with the run's own settings (leave --config out)"
             ) from None
-        self.optimisation.load_state(files, self.accelerator, folder)
         state = files[checkpoints.STATE]
+        if "data" in state and state["data"] != self.config.data:
+            raise ValueError(
+                f"{folder} was trained on {state['data'] or 'the built-in photos'}, but --data now names "
+                f"{self.config.data or 'the built-in photos'}: resume with the run's own images (--data "
+                f"{state['data'] or 'builtin'}), or start a new run"
+            )
+        self.optimisation.load_state(files, self.accelerator, folder)
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.history, self.validation.history = state["history"], state["val_history"]
         self.last_checkpoint = folder

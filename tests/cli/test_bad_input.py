@@ -2,7 +2,6 @@
 already has is lost (checksums before and after), and no token is ever printed."""
 
 import errno
-import hashlib
 import json
 import os
 import subprocess
@@ -24,42 +23,7 @@ from sd_custom_vae.cli import main
 from sd_custom_vae.data import load_image_data, read_image
 from sd_custom_vae.training import load_config
 from sd_custom_vae.training import TrainingDiverged, train
-
-
-def digest(folder: Path) -> dict:
-    """Every file under `folder` with its checksum and mode: equal before and after means nothing was lost."""
-    return {
-        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
-        for p in sorted(folder.rglob("*")) if p.is_file()
-    }
-
-
-def fails(argv: list[str], capsys, *messages: str, code: int = 2) -> str:
-    """Run the CLI in-process; it must exit with `code` and one error line holding every one of `messages`."""
-    assert main(argv) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    error_lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(error_lines) == 1, err
-    for message in messages:
-        assert message in error_lines[0], err
-    return error_lines[0]
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    """Six small random photos: enough to train a few steps and hold one out."""
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
-    return folder
-
-
-def train_flags(data: Path, output: Path, *extra: str) -> list[str]:
-    return ["train", "--no-progress", "--data", str(data), "--output", str(output), "--resolution", "32",
-            "--eval-resolution", "32", "--final-resolution", "0", "--batch-size", "2", "--steps", "2",
-            "--checkpoint-every", "2", "--sample-every", "100", "--eval-every", "100", *extra]
+from helpers import digest, fails, train_flags
 
 
 def test_a_final_phase_the_images_are_too_small_for_is_left_out_and_said(photos, tmp_path, capsys):

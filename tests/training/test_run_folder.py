@@ -1,0 +1,145 @@
+"""A run's folder: claimed by one run alone, replaced only once everything the run needs was read, never a folder
+that holds the run's own images or teacher; checkpoints rotated by step number; a resume that applies the
+overrides it can and reads the same data from any folder."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from factories import tiny_vae
+from helpers import digest, fails, train_flags
+
+from sd_custom_vae.cli import main
+from sd_custom_vae.models.run_layout import CHECKPOINTS_DIR, TRAIN_CONFIG
+from sd_custom_vae.training import checkpoints
+from sd_custom_vae.training.run_folder import LOCK, RunFolder
+
+
+def test_overwrite_refuses_an_output_that_holds_the_data_or_the_teacher(photos, tmp_path, capsys):
+    project = tmp_path / "proj"
+    (project / "photos").mkdir(parents=True)
+    for image in photos.iterdir():
+        (project / "photos" / image.name).write_bytes(image.read_bytes())
+    before = digest(project)
+    fails(train_flags(project / "photos", project, "--overwrite"), capsys,
+          f"--output {project} holds --data", "--overwrite would delete it")
+    tiny_vae().save_pretrained(project / "teacher")
+    before = digest(project)
+    fails([*train_flags(photos, project, "--overwrite"), "--mode", "distill", "--teacher", str(project / "teacher")],
+          capsys, "holds --teacher")
+    assert digest(project) == before
+
+
+def test_overwriting_the_current_folder_is_refused(photos, tmp_path, capsys, monkeypatch):
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    fails(train_flags(photos, tmp_path / ".", "--overwrite"), capsys, "holds the current folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".*.old"))
+
+
+def test_nothing_is_replaced_before_the_images_are_read(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "old.txt").write_text("an earlier run")
+    fails(train_flags(tmp_path / "no-such-photos", run, "--overwrite"), capsys, "no-such-photos")
+    assert (run / "old.txt").read_text() == "an earlier run"
+
+
+def test_runs_started_together_get_a_folder_each(photos, tmp_path):
+    """Three runs in the same second with the default name: three folders, each complete."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    flags = [arg for arg in train_flags(photos, tmp_path) if arg not in ("--output", str(tmp_path))]
+    runs = [subprocess.Popen([sys.executable, "-m", "sd_custom_vae", *flags], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0, 0], [run.stderr.read().decode()[-500:] for run in runs]
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 3
+    for folder in folders:
+        assert (folder / "model" / "config.json").is_file() and not (folder / LOCK).exists()
+        assert len(list((folder / "checkpoints").iterdir())) == 1
+
+
+def test_a_folder_in_use_is_refused_and_a_crashed_runs_lock_taken_over(photos, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getppid()}))  # a live process
+    fails(train_flags(photos, run), capsys, "in use by another training run", f"process {os.getppid()}")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout)}))
+    with pytest.warns(UserWarning, match="taking over the lock a stopped run left"):
+        assert main(train_flags(photos, run)) == 0
+    assert not (run / LOCK).exists()
+
+
+def test_two_runs_into_one_explicit_folder_one_is_refused(tmp_path):
+    first, second = (RunFolder(str(tmp_path / "run"), "tiny", False, False) for _ in range(2))
+    first.claim()
+    with pytest.raises(FileExistsError, match="in use by another training run"):
+        second.claim()
+    first.release()
+    second.claim()
+    second.release()
+
+
+def test_checkpoints_rotate_and_resume_by_step_number(tmp_path):
+    for step in (999_998, 999_999, 1_000_000):
+        checkpoints.save(tmp_path, step, {checkpoints.STATE: {"step": step}}, keep=2)
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["step-1000000", "step-999999"]
+    assert checkpoints.resume_candidates(tmp_path)[0].name == "step-1000000"
+
+
+def test_resume_applies_a_new_learning_rate_and_adds_an_average_and_a_discriminator(photos, tmp_path):
+    run = tmp_path / "run"
+    assert main(train_flags(photos, run, "--learning-rate", "1e-3", "--lr-schedule", "constant")) == 0
+    with pytest.warns(UserWarning) as warned:
+        assert main(["train", "--no-progress", "--resume", str(run), "--steps", "4", "--checkpoint-every", "4",
+                     "--learning-rate", "1e-9", "--ema-decay", "0.9", "--disc-weight", "0.5"]) == 0
+    said = " ".join(str(w.message) for w in warned)
+    assert "--learning-rate 1e-09" in said and "no weight average" in said and "no discriminator" in said
+    saved = json.loads((run / TRAIN_CONFIG).read_text())
+    assert saved["learning_rate"] == 1e-9 and saved["ema_decay"] == 0.9
+    history = json.loads((run / CHECKPOINTS_DIR / "step-000004" / "state.json").read_text())["history"]
+    assert history[-1]["lr"] == pytest.approx(1e-9)  # applied, not only recorded
+    assert (run / CHECKPOINTS_DIR / "step-000004" / "ema.pt").is_file()
+
+
+def test_resume_from_another_folder_reads_the_same_images(photos, tmp_path, monkeypatch, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        (folder / "photos").mkdir(parents=True)
+    for i, image in enumerate(sorted(photos.iterdir())):
+        (first / "photos" / image.name).write_bytes(image.read_bytes())
+        if i < 3:
+            (second / "photos" / image.name).write_bytes(image.read_bytes())
+    monkeypatch.chdir(first)
+    flags = train_flags(tmp_path, first / "run")
+    flags[flags.index("--data") + 1] = "photos"  # relative to the folder the run starts in
+    assert main(flags) == 0
+    assert json.loads((first / "run" / TRAIN_CONFIG).read_text())["data"] == str(first / "photos")
+    monkeypatch.chdir(second)  # its photos/ holds other images: the recorded absolute path is used
+    assert main(["train", "--no-progress", "--resume", str(first / "run"), "--steps", "3", "--checkpoint-every", "3"]) == 0
+    fails(["train", "--no-progress", "--resume", str(first / "run"), "--steps", "4", "--data", "photos"], capsys,
+          "was trained on", "--data now names")
+
+
+def test_the_discriminator_has_its_own_learning_rate_and_follows_the_schedule(photos, tmp_path):
+    from sd_custom_vae.training import Trainer, load_config
+
+    config = load_config("tiny", data=str(photos), output=str(tmp_path / "run"), resolution=32, eval_resolution=32,
+                         final_resolution=0, batch_size=2, steps=10, warmup_steps=2, learning_rate=1e-3,
+                         disc_learning_rate=4e-3, disc_weight=0.5, disc_start=0, lr_schedule="cosine")
+    trainer = Trainer(config, progress=False)
+    discriminator = trainer.loss.adversary.optimizer
+    assert discriminator.param_groups[0]["lr"] == 0.0  # warm-up starts at zero, as the VAE's
+    for _ in range(5):
+        trainer.train_step()
+    vae_lr, disc_lr = trainer.optimisation.learning_rate, discriminator.param_groups[0]["lr"]
+    assert 0 < vae_lr < 1e-3 and disc_lr == pytest.approx(4 * vae_lr)
+    trainer.folder.release()
+
+
+def test_bad_adam_betas_are_named(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("adam_betas: [0.9, 1.5]\n")
+    fails(["train", "--config", str(tmp_path / "c.yaml")], capsys, "adam_betas must be two numbers in [0, 1)")
