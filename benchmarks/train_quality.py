@@ -86,6 +86,7 @@ def main() -> None:
         + (f"LPIPS {row.get('lpips_256', row.get('st_lpips_256')):.3f}" if any(k in row for k in ("lpips_256", "st_lpips_256")) else "")
         + f"; resizing ×{factor} down and up: {row['resize_psnr_256']:.2f} dB"
         + f"; with the colour of each {factor}×{factor} block exact: {row['colour_fixed_psnr_256']:.2f} dB"
+        + "".join(f"\n{metric} not measured: {why}" for metric, why in evals[256]["not_measured"].items())
         + f"\nrun folder: {output}"
     )
     append_row("train_quality.json", row)
@@ -101,7 +102,8 @@ def evaluate(run: Path, size: int) -> dict:
     table = json.loads((folder / "eval.json").read_text())
     vae = table["vaes"][0]
     keys = ("psnr", "ssim", "rfid", "lpips", "st_lpips")
-    return {"crops": table["crops"], **{key: vae[key] for key in keys if key in vae}}
+    return {"crops": table["crops"], "not_measured": table.get("not_measured", {}),
+            **{key: vae[key] for key in keys if key in vae}}
 
 
 def resize_psnr(held_out: torch.Tensor, factor: int) -> float:

@@ -35,8 +35,8 @@ SCALING_FACTOR = 0.18215  # multiplied into the encoder's output, divided out at
 GROUP_NORM_EPS_COURSE = 1e-5  # nn.GroupNorm's default, which the course keeps
 EPSILON_NOTE = (
     f"the course's GroupNorms use epsilon {GROUP_NORM_EPS_COURSE:g}, diffusers' {GROUP_NORM_EPS:g}: the same "
-    "weights give slightly different numbers (a few 1e-6 on SD-size random weights, more where a group's variance "
-    "is tiny; docs/conversion.md)"
+    "weights give slightly different numbers (up to about 1e-4 in a decoded image on SD-size weights; "
+    "docs/conversion.md)"
 )
 RESIDUAL_PARTS = {"groupnorm_1": "norm1", "conv_1": "conv1", "groupnorm_2": "norm2", "conv_2": "conv2",
                   "residual_layer": "conv_shortcut"}

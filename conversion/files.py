@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -99,9 +100,20 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _finite(value):
+    """`value` with every NaN or infinite number as null: JSON has no such numbers, and a reader would choke."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(data: dict, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
     return Path(path)
 
 

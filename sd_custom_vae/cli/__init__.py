@@ -29,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sd-custom-vae",
         description="Train, convert, evaluate and share Stable Diffusion VAEs written from scratch.",
-        allow_abbrev=False,  # --tok would otherwise mean --token, --tokn would not: one rule, no guessing
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -38,9 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_parser(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
-    """A subcommand's parser, with the command line's rules (no abbreviated flags)."""
-    return subparsers.add_parser(name, allow_abbrev=False, **kwargs)
+def add_model_argument(parser: argparse.ArgumentParser, name: str, what: str = "the VAE", **kwargs) -> None:
+    """A VAE named as every command names one (``models/sources.py``), and --subfolder to reach inside its folder."""
+    parser.add_argument(name, help=f"{what}: a model, run or pipeline folder, a checkpoint file, or a Hub name "
+                        "ORG/NAME[@REVISION]", **kwargs)
+    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside its folder or Hub repo")
+
+
+def add_output_flags(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """--output (`what` it names) and --overwrite, which alone lets an existing one be replaced, as a whole."""
+    parser.add_argument("--output", default=default, help=what + (f" (default {default})" if default else ""))
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output, as a whole, atomically")
 
 
 def add_data_flags(parser: argparse.ArgumentParser, default_help: str) -> None:

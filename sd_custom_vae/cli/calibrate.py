@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_data_flags, add_parser, data_options
+from . import add_data_flags, add_model_argument, add_output_flags, data_options
 
 
 def register(subparsers) -> None:
-    parser = add_parser(
-        subparsers,
+    parser = subparsers.add_parser(
         "calibrate",
         help="measure the VAE's latent scaling_factor (and shift_factor) on real images",
         description="Encode random crops of real images, set scaling_factor = 1/std of the sampled latents "
@@ -18,16 +17,14 @@ def register(subparsers) -> None:
         "calibration in the VAE's config.json. A model folder is updated in place (config.json only, "
         "atomically); a single checkpoint file needs --output.",
     )
-    parser.add_argument("vae", help="VAE model, run or pipeline folder, checkpoint file, or Hub name ORG/NAME[@REVISION]")
-    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside its repo or folder")
+    add_model_argument(parser, "vae")
     add_data_flags(parser, 'or "builtin" for the built-in photos (required)')
     parser.add_argument("--shift", action="store_true", help="also set shift_factor (SD3/Flux-style pipelines only)")
     parser.add_argument("--crops", type=int, default=256, help="random crops to encode (default 256)")
     parser.add_argument("--resolution", type=int, default=256, help="crop side in pixels (default 256)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="crops and latent samples are drawn from this seed")
-    parser.add_argument("--output", default=None, help="save the calibrated model as this folder instead")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder as a whole")
+    add_output_flags(parser, None, "save the calibrated model as this folder instead")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.set_defaults(handler=run)
 

@@ -6,12 +6,11 @@ import argparse
 
 import conversion
 
-from . import add_parser
+from . import add_model_argument
 
 
 def register(subparsers) -> None:
-    parser = add_parser(
-        subparsers,
+    parser = subparsers.add_parser(
         "convert",
         help="convert a VAE checkpoint between naming schemes and file formats",
         description="Read any SD-family VAE (LDM/A1111/ComfyUI file, whole SD checkpoint, diffusers folder, the "
@@ -19,15 +18,14 @@ def register(subparsers) -> None:
         "(a model folder, or one .safetensors file), as an LDM single file, or in the course's layout, always as "
         "safetensors.",
     )
-    parser.add_argument("input", help="checkpoint file, diffusers model or pipeline folder, or Hub name ORG/NAME[@REVISION]")
-    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside the input repo or folder")
+    add_model_argument(parser, "input", "the VAE to convert")
     parser.add_argument("output", help="output folder or .safetensors file (--to diffusers), .safetensors file (ldm, course)")
     parser.add_argument("--to", required=True, choices=[*conversion.TARGETS, *conversion.RENAMED_TARGETS],
                         help=f"output naming scheme: {', '.join(conversion.TARGETS)}")
     parser.add_argument("--dtype", choices=list(conversion.DTYPES), default=None, help="cast weights on output")
     parser.add_argument("--norm-num-groups", type=int, default=None,
                         help="GroupNorm groups of a VAE whose file does not record them (default 32, as every SD VAE)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output (as a whole, atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output, as a whole, atomically")
     parser.set_defaults(handler=run)
 
 

@@ -7,19 +7,18 @@ from pathlib import Path
 
 from ..data.crops import PROTOCOLS
 from ..evaluation.quality import METRICS
-from . import add_data_flags, add_parser, data_options
+from . import add_data_flags, add_model_argument, add_output_flags, data_options
 
 
 def register(subparsers) -> None:
-    parser = add_parser(
-        subparsers,
+    parser = subparsers.add_parser(
         "eval",
         help="compare VAEs: rFID, PSNR, SSIM, LPIPS, speed, and agreement with a teacher",
         description="Reconstruct the same images with every VAE and print a table; save it as eval.json with a "
         "PNG grid (original | each VAE). With --teacher: the latent relative error and the PSNR of decoding "
         "the teacher's latents. A VAE is a run folder, a model or pipeline folder, a checkpoint file or a Hub name.",
     )
-    parser.add_argument("vaes", nargs="+", metavar="VAE")
+    add_model_argument(parser, "vaes", "the VAEs to compare", nargs="+", metavar="VAE")
     add_data_flags(parser, "default: the built-in validation photos")
     parser.add_argument("--max-images", type=int, default=None, help="use at most this many images of --data")
     parser.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
@@ -28,11 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("--metrics", default=None,
                         help=f"comma-separated, from {','.join(METRICS)} (default: all)")
     parser.add_argument("--teacher", default=None, help="the VAE whose latent space the others should reproduce")
-    parser.add_argument("--subfolder", default=None, help="folder of the VAEs inside their repos or folders")
     parser.add_argument("--resolution", type=int, default=256, help="crop side in pixels (default 256)")
     parser.add_argument("--crops-per-image", type=int, default=2, help="with --protocol crops (default 2)")
-    parser.add_argument("--output", default="eval", help="folder for eval.json and eval.png (default ./eval)")
-    parser.add_argument("--overwrite", action="store_true", help="replace eval.json and eval.png already in --output")
+    add_output_flags(parser, "eval", "folder for eval.json and eval.png")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.set_defaults(handler=run)
 

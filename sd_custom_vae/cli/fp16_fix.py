@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_data_flags, add_parser, data_options
+from . import add_data_flags, add_model_argument, data_options
 
 
 def register(subparsers) -> None:
-    parser = add_parser(
-        subparsers,
+    parser = subparsers.add_parser(
         "fp16-fix",
         help="rescale a VAE so it runs in float16 without NaN (exact, no training)",
         description="Measure the VAE's activations on real images and random latents, rescale its residual streams "
         "by powers of two so every activation stays well inside float16's range (GroupNorm makes this exact), set "
         "force_upcast false, and write a stock diffusers AutoencoderKL folder (and an LDM file with --ldm).",
     )
-    parser.add_argument("input", help="VAE folder, run or pipeline folder, checkpoint file, or Hub name ORG/NAME[@REVISION]")
+    add_model_argument(parser, "input", "the VAE to fix")
     parser.add_argument("output", help="the fixed VAE's folder (diffusers AutoencoderKL format)")
-    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside the input repo or folder")
     add_data_flags(parser, "default: the built-in photos")
     parser.add_argument("--images", type=int, default=8, help="how many images to measure the encoder on (default 8)")
     parser.add_argument("--resolution", type=int, default=256, help="crop side of those images (default 256)")
     parser.add_argument("--ldm", default=None, metavar="FILE", help="also write an LDM .safetensors file (A1111/ComfyUI)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (as a whole, atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs, as a whole, atomically")
     parser.set_defaults(handler=run)
 
 

@@ -7,12 +7,11 @@ import math
 
 import conversion
 
-from . import add_parser
+from . import add_output_flags
 
 
 def register(subparsers) -> None:
-    parser = add_parser(
-        subparsers,
+    parser = subparsers.add_parser(
         "generate",
         help="generate an image with a Stable Diffusion pipeline that uses your VAE",
         description="Load a diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, ...: the model folder decides) "
@@ -23,8 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--vae", required=True, help="VAE model folder (ours or AutoencoderKL) or checkpoint file")
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--output", default="out.png", help="image file to write (default out.png)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    add_output_flags(parser, "out.png", "image file to write")
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's own")
     parser.add_argument("--height", type=int, default=None, help="default: the model's native size")

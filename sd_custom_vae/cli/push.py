@@ -5,21 +5,18 @@ from __future__ import annotations
 import argparse
 
 from ..models.hub_repo import FORMATS
-from . import add_parser
+from . import add_model_argument
 
 
 def register(subparsers) -> None:
-    parser = add_parser(
-        subparsers,
+    parser = subparsers.add_parser(
         "push",
         help="upload a trained VAE to the Hugging Face Hub with a model card",
         description="Upload a training run (its model, metrics and reconstruction grid) or a model folder to "
         "the Hub as a stock diffusers AutoencoderKL repo and/or an LDM single file, with a generated model "
         "card. The token comes from --token, HF_TOKEN or `hf auth login`, and is never printed or saved.",
     )
-    parser.add_argument("source", metavar="RUN_OR_MODEL_DIR",
-                        help="run folder, model or pipeline folder, checkpoint file, or Hub name ORG/NAME[@REVISION]")
-    parser.add_argument("--subfolder", default=None, help="folder of the VAE inside the source repo or folder")
+    add_model_argument(parser, "source", "the VAE to push", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("repo_id", metavar="REPO_ID", help="user-or-org/name on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
     parser.add_argument("--format", choices=FORMATS, default=FORMATS[0],

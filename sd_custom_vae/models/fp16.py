@@ -97,16 +97,12 @@ class _Measure:
 
     def _norm_input(self, norm: nn.GroupNorm) -> None:
         def hook(_, args):
-            x = args[0].detach().double()
+            # float32 is precise enough here: the variance is compared with epsilon times a margin of 10^4
+            x = args[0].detach().float()
             variance = x.reshape(x.shape[0], norm.num_groups, -1).var(-1, unbiased=False).min().item()
             self.min_variance[norm] = min(self.min_variance.get(norm, math.inf), variance)
 
         self.handles.append(norm.register_forward_pre_hook(hook))
-
-    def worst_inputs(self, network: Encoder | Decoder) -> list[int]:
-        """The inputs of the batch `network` ran on that reach the largest activation of at least one of its layers."""
-        modules = {m for role in _roles(network) for m in role.measured}
-        return sorted({index for module, index in self.worst_input.items() if module in modules})
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -119,6 +115,7 @@ class _Segment:
 
     name: str
     maximum: float = 0.0  # the largest |value| the stream (or a branch adding to it) reaches here
+    worst_input: int = 0  # the input of the measured batch that reaches it
     min_variance: float = math.inf  # the smallest group variance a GroupNorm reads from it
     scale: float = 1.0
 
@@ -135,7 +132,8 @@ def _plan(network: Encoder | Decoder, measure: _Measure, names: dict[nn.Module, 
         out = len(segments) - 1
         incoming = None if first else (out - 1 if role.starts_stream else out)
         for module in role.measured:
-            segments[out].maximum = max(segments[out].maximum, measure.maximum[module])
+            if measure.maximum[module] > segments[out].maximum:
+                segments[out].maximum, segments[out].worst_input = measure.maximum[module], measure.worst_input[module]
         for norm in role.reads:
             segments[incoming].min_variance = min(segments[incoming].min_variance, measure.min_variance[norm])
         links.append((role, incoming, out))
@@ -175,66 +173,76 @@ def _apply(segments: list[_Segment], links: list, branch_scales: dict[nn.Module,
             _multiply(role.branch[0], scale, scale)
 
 
-def _reconstruct(vae, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-    """The decoder's output on `latents` and the round trip of `images`, flattened into one tensor."""
+def _round_trip(vae, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        decoded = vae.decode(latents.to(vae.device, vae.dtype)).sample.float().cpu()
-        round_trip = vae.decode(vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()).sample.float().cpu()
-    return torch.cat([decoded.flatten(), round_trip.flatten()])
+        return vae.decode(vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()).sample.float().cpu()
 
 
-def _error(a: torch.Tensor, b: torch.Tensor) -> float:
-    difference = (a - b).abs().max().item()
+def _decoded(vae, latents: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return vae.decode(latents.to(vae.device, vae.dtype)).sample.float().cpu()
+
+
+def _error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    difference = max((x - y).abs().max().item() for x, y in zip(a, b))
     return difference if math.isfinite(difference) else math.inf
 
 
 def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Report:
     """Rescale `vae` (a float32 ``CustomAutoencoderKL``, changed in place) so that float16 does not overflow on
-    `images` (N, 3, H, W in [-1, 1]) and decoder `latents`; sets ``force_upcast`` False. See the module docstring."""
+    `images` (N, 3, H, W in [-1, 1]) and decoder `latents`; sets ``force_upcast`` False. See the module docstring.
+
+    Four passes: the activations measured in float32 on every input; then, on the inputs reaching some part of the
+    stream's largest value (where float16 overflows first, if anywhere), the round trip in float32 and in float16
+    before the fix, and in float32 and float16 after it."""
     if vae.dtype != torch.float32:
         raise ValueError(f"make_fp16_safe measures the VAE in float32; it is {vae.dtype}: call .float() first")
     vae.eval()
-    networks = [vae.encoder, vae.decoder]
-    measure = _Measure(networks)
+    measure = _Measure([vae.encoder, vae.decoder])
     try:
+        decoded = _decoded(vae, latents)
         with torch.no_grad():
-            vae.decoder(vae.post_quant_conv(latents) if vae.post_quant_conv is not None else latents)
             vae.encoder(images)
     finally:
         measure.remove()
-    # float16 overflows first where float32 is largest: check it on the inputs that get there
-    images, latents = images[measure.worst_inputs(vae.encoder)], latents[measure.worst_inputs(vae.decoder)]
-    reference = _reconstruct(vae, images, latents)
-    half, checked_on = in_float16(vae)
-    half_before = _reconstruct(half, images, latents)
-    del half
 
     names = {module: name for name, module in vae.named_modules()}
     eps = vae.encoder.conv_norm_out.eps
     scales: dict[str, float] = {}
+    largest_after = 0.0
+    worst = {}  # per network, the inputs that reach the largest value of some part of its stream
+    plans = []
     for side, network in (("encoder", vae.encoder), ("decoder", vae.decoder)):
         segments, links = _plan(network, measure, names)
         for segment in segments:
             segment.scale = _scale_for(segment.maximum, segment.min_variance, eps)
             scales[f"{side} {segment.name}"] = segment.scale
-        branch_scales = {
-            role.branch[0]: _scale_for(measure.maximum[role.branch[0]], measure.min_variance[role.branch[1]], eps)
-            for role, _, _ in links if role.branch
-        }
+            largest_after = max(largest_after, segment.maximum * segment.scale)
+        branch_scales = {}
+        for role, _, _ in links:
+            if role.branch:
+                conv, norm = role.branch
+                branch_scales[conv] = _scale_for(measure.maximum[conv], measure.min_variance[norm], eps)
+                largest_after = max(largest_after, measure.maximum[conv] * branch_scales[conv])
         scales.update({f"{names[conv]} (residual branch)": s for conv, s in branch_scales.items()})
-        _apply(segments, links, branch_scales)
+        worst[side] = sorted({s.worst_input for s in segments} | {measure.worst_input[c] for c in branch_scales})
+        plans.append((segments, links, branch_scales))
 
-    after = _Measure(networks)
-    try:
-        fixed = _reconstruct(vae, images, latents)
-    finally:
-        after.remove()
+    images, latents, decoded = images[worst["encoder"]], latents[worst["decoder"]], decoded[worst["decoder"]]
+    reference = [decoded, _round_trip(vae, images)]
+    half, checked_on = in_float16(vae)
+    half_before = [_decoded(half, latents), _round_trip(half, images)]
+    del half
+    for segments, links, branch_scales in plans:
+        _apply(segments, links, branch_scales)
+    fixed = [_decoded(vae, latents), _round_trip(vae, images)]
     half, _ = in_float16(vae)
-    half_after = _reconstruct(half, images, latents)
+    half_after = [_decoded(half, latents), _round_trip(half, images)]
     vae.register_to_config(force_upcast=False)
     return Fp16Report(
         max_activation_before=max(measure.maximum.values()),
-        max_activation_after=max(after.maximum.values()),
+        # the scales are powers of two: every activation scales exactly with its part of the stream
+        max_activation_after=largest_after,
         fp16_error_before=_error(half_before, reference),
         fp16_error_after=_error(half_after, fixed),
         fp32_change=_error(fixed, reference),
@@ -250,7 +258,7 @@ def calibration_images(resolution: int = 256, count: int = 8) -> torch.Tensor:
     return evaluation_crops(list(read_images(None, resolution, limit=count)[0]), resolution, 1)[:count]
 
 
-def calibration_latents(vae, count: int = 4, side: int = 32, seed: int = 0) -> torch.Tensor:
+def calibration_latents(vae, count: int = 2, side: int = 32, seed: int = 0) -> torch.Tensor:
     """Latents of the spread a diffusion model hands the decoder: N(0, 1) in the UNet's scale, unscaled."""
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(count, vae.config.latent_channels, side, side, generator=generator)

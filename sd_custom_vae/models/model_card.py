@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .latent_space import is_calibrated
 from ..network import downsampling_factor
+from .latent_space import is_calibrated
 
 # metrics.json key -> (model-index metric type, name shown on the Hub)
 CARD_METRICS = {
@@ -139,7 +139,7 @@ def build_model_card(
             sections.append("\n".join(table))
         if reconstructions:
             sections.append(f"![originals (top) and reconstructions (bottom)]({reconstructions})")
-    if not is_calibrated(config) and metrics.get("mode") in (None, "scratch"):
+    if not is_calibrated(config) and metrics.get("mode") in (None, "new", "scratch"):  # "scratch": runs before 0.3
         sections.append(
             "> `scaling_factor` is SD's default, not measured on this VAE's latents: run "
             "`sd-custom-vae calibrate` before using it with a diffusion model."

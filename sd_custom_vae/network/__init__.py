@@ -6,8 +6,8 @@ Imports nothing of the project; ``conversion`` and every layer above build on it
 from .architecture import ARCHITECTURE_KEYS, DEFAULT, Architecture, downsampling_factor, validate_architecture
 from .attention import AttentionBlock, AttentionBlockProcessor
 from .blocks import (
-    Downsample,
     DownEncoderBlock2D,
+    Downsample,
     NearestUpsampleConv2d,
     ResidualBlock,
     UNetMidBlock2D,

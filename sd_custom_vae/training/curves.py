@@ -12,6 +12,7 @@ TERM_TITLES = {
     "generator": "GAN: generator", "discriminator": "GAN: discriminator", "adversarial_weight": "GAN: adaptive weight",
     "logits_real": "GAN: logits on real", "logits_fake": "GAN: logits on fake", "latent": "latent error² vs teacher",
     "logvar": "log-variance error vs teacher", "colour": "latent colour misfit (Σ 1 − R², Y Cb Cr)",
+    "grad_norm": "gradient norm (before clipping)",
 }
 
 

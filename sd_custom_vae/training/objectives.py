@@ -24,6 +24,7 @@ from ..network import LOGVAR_RANGE, reparameterize
 from .config import TrainConfig
 from .losses import VAELoss
 
+
 @dataclass
 class StepOutput:
     terms: dict[str, torch.Tensor]

@@ -10,6 +10,11 @@ import yaml
 
 from .config import TrainConfig, renamed_values
 
+def every(steps: int) -> dict:
+    """Validate, save a sample grid and checkpoint every `steps` steps."""
+    return dict(sample_every=steps, eval_every=steps, checkpoint_every=steps)
+
+
 # The default of `sd-custom-vae train`: Stable Diffusion's latent geometry (×8 downsampling over four
 # levels, 4 latent channels: a 512² image gives 64×64×4 latents) at an eighth of SD's width, in under a
 # quarter of an hour on two CPU cores (about 13 minutes). What each choice bought (PSNR on 256-px held-out
@@ -40,9 +45,7 @@ TINY = TrainConfig(
     min_crop_scale=0.5,
     hue_rotation=0.5,
     mixed_precision="auto",
-    sample_every=1000,
-    eval_every=1000,
-    checkpoint_every=1000,
+    **every(1000),
 )
 
 PRESETS: dict[str, TrainConfig] = {
@@ -70,9 +73,7 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=8,
         learning_rate=2e-4,
         ema_decay=0.999,
-        sample_every=1000,
-        eval_every=1000,
-        checkpoint_every=1000,
+        **every(1000),
     ),
     # A small fast student of any teacher (`--teacher PATH`): a quarter of its width, one block per level,
     # trained as tiny (its rescaled and hue-turned crops too: what a student lacks is generalisation) but with

@@ -137,11 +137,15 @@ class Trainer:
         self.step, self.elapsed, self.compile_s = 0, 0.0, 0.0
         self.history: list[dict] = []
         self.last_checkpoint: Path | None = None
-        self.tracker = Tracker(a, config, self.output)
-        self.validation = Validation(self.data.val_crops, self.objective, self.output, self.tracker)
-        if resume:
-            where = self.output if resume is True else Path(resume)
-            checkpoints.load_newest_intact(checkpoints.resume_candidates(where), self._load_state)
+        try:
+            self.tracker = Tracker(a, config, self.output)
+            self.validation = Validation(self.data.val_crops, self.objective, self.output, self.tracker)
+            if resume:
+                where = self.output if resume is True else Path(resume)
+                checkpoints.load_newest_intact(checkpoints.resume_candidates(where), self._load_state)
+        except BaseException:
+            folder.release()  # the run never started: the folder is free again
+            raise
         self.feed = BatchFeed(config, self.data, a.process_index, a.num_processes, a.device, self.step)
 
     # -- one step ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from sd_custom_vae import cli
 from sd_custom_vae.models import run_layout
 
 TOKEN = "hf_test_token_not_a_secret_0123456789"
-METRICS = {"psnr": 21.5, "ssim": 0.612, "steps": 120, "data": "built-in photos (12 images)", "mode": "scratch",
+METRICS = {"psnr": 21.5, "ssim": 0.612, "steps": 120, "data": "built-in photos (12 images)", "mode": "new",
            "resolution": 32, "wall_time_s": 61.0}
 
 

@@ -62,12 +62,19 @@ def test_config_carries_what_pipelines_read():
     assert config.shift_factor is None and config.latents_mean is None and config.latents_std is None
     assert config.force_upcast is True and config.sample_size == 32
     assert list(config.block_out_channels) == [32, 64] and config.latent_channels == 4
-    # a pipeline's vae_scale_factor
-    assert 2 ** (len(config.block_out_channels) - 1) == 2
     defaults = AutoencoderKL().config
     ours = CustomAutoencoderKL().config
     for key in ("scaling_factor", "force_upcast", "sample_size", "latent_channels", "layers_per_block", "norm_num_groups"):
         assert ours[key] == defaults[key], key
+
+
+def test_latents_are_as_much_smaller_as_pipelines_compute_from_the_config(vae, image):
+    # StableDiffusionPipeline's vae_scale_factor, from the config alone
+    vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    with torch.no_grad():
+        latents = vae.encode(image).latent_dist.mean
+    assert image.shape[-2] // latents.shape[-2] == image.shape[-1] // latents.shape[-1] == vae_scale_factor
+    assert vae.downsampling_factor == vae_scale_factor
 
 
 def test_slicing_changes_nothing(vae, image):
@@ -102,9 +109,13 @@ def test_from_pretrained_converts_a_stock_autoencoder_kl_folder(tmp_path):
         torch.testing.assert_close(ours.encode(image).latent_dist.mean, stock.encode(image).latent_dist.mean)
 
 
-def test_scratch_vae_round_trip_keeps_weights(vae):
+def test_the_two_faces_share_weights_and_compute_the_same(vae, image):
     scratch = vae.to_scratch_vae()
-    assert isinstance(scratch, ScratchVAE)
+    assert isinstance(scratch, ScratchVAE) and scratch.state_dict().keys() == vae.state_dict().keys()
+    with torch.no_grad():
+        mean, _ = scratch.encode(image)
+        assert torch.equal(mean, vae.encode(image).latent_dist.mean)
+        assert torch.equal(scratch.decode(mean), vae.decode(mean).sample)
     back = CustomAutoencoderKL.from_scratch_vae(scratch, scaling_factor=0.3)
     assert back.config.scaling_factor == 0.3
     for key, tensor in vae.state_dict().items():

@@ -40,7 +40,7 @@ def test_pickles_load_with_state_dict_unwrapped(vae, tmp_path, suffix):
 
 
 def test_safetensors_in_each_scheme(vae, tmp_path):
-    for scheme in ("scratch", "diffusers", "ldm"):
+    for scheme in ("diffusers", "ldm"):
         save_file(convert_state_dict(vae.state_dict(), scheme), tmp_path / f"{scheme}.safetensors")
         assert same_weights(CustomAutoencoderKL.from_single_file(tmp_path / f"{scheme}.safetensors"), vae), scheme
 
@@ -59,7 +59,7 @@ def test_diffusers_folder_including_fp16_variant(tmp_path):
 def test_scaling_factor_and_groups_travel_with_our_files(vae, tmp_path):
     vae.register_to_config(scaling_factor=0.4)
     checkpoint = conversion.as_checkpoint(vae.state_dict(), dict(vae.config))
-    conversion.save_checkpoint(checkpoint, tmp_path / "ours.safetensors", "scratch")
+    conversion.save_checkpoint(checkpoint, tmp_path / "ours.safetensors", "diffusers")
     # TINY has 8 groups, which the shapes alone cannot tell: the file's metadata does
     loaded = CustomAutoencoderKL.from_scratch_checkpoint(tmp_path / "ours.safetensors")
     assert loaded.config.scaling_factor == 0.4 and loaded.config.norm_num_groups == 8
@@ -91,7 +91,7 @@ def test_convert_command_to_each_target(vae, tmp_path, capsys):
     assert "ldm scheme" in line and f"{len(vae.state_dict())} tensors" in line and "folder" in line
     assert json.loads((tmp_path / "folder" / "config.json").read_text())["_class_name"] == "AutoencoderKL"
 
-    assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "half.safetensors"), "--to", "scratch", "--dtype", "fp16"]) == 0
+    assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "half.safetensors"), "--to", "diffusers", "--dtype", "fp16"]) == 0
     half = load_file(tmp_path / "half.safetensors")
     assert all(t.dtype == torch.float16 for t in half.values())
     assert main(["convert", str(tmp_path / "half.safetensors"), str(tmp_path / "bf16.safetensors"), "--to", "ldm", "--dtype", "bf16"]) == 0

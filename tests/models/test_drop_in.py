@@ -186,7 +186,7 @@ def test_upsample_conv_traced_form_equals_eager_form(memory_format):
 def test_the_whole_stock_config_is_accepted(image):
     stock = stock_autoencoder_kl(TINY)
     ours = CustomAutoencoderKL(**stock.config)
-    ours.load_state_dict(conversion.convert_state_dict(stock.state_dict(), "scratch", dict(ours.config)))
+    ours.load_state_dict(conversion.convert_state_dict(stock.state_dict(), "diffusers", dict(ours.config)))
     with torch.no_grad():
         torch.testing.assert_close(ours(image).sample, stock(image).sample, rtol=0, atol=1e-5)
     assert ours.config.down_block_types == ["DownEncoderBlock2D"] * 2

@@ -9,6 +9,7 @@ from diffusers import AutoencoderKL
 from factories import tiny_vae
 
 from sd_custom_vae.cli import main
+from sd_custom_vae.models.float16 import emulated_float16
 from sd_custom_vae.models.fp16 import FP16_MAX, HEADROOM, calibration_latents
 
 BLOW_UP = 2.0**14
@@ -70,3 +71,21 @@ def test_make_fp16_safe_keeps_every_activation_under_the_headroom():
     assert vae.config.force_upcast is False
     with pytest.raises(ValueError, match="float32"):
         vae.half().make_fp16_safe(images)
+
+
+def test_emulated_float16_computes_what_float16_computes_nan_for_nan():
+    """The CPU check's float16 (float32 kernels, every layer's inputs and outputs rounded to float16) against real
+    float16, on a VAE that fits float16 and on one that overflows it."""
+    for vae, finite in ((tiny_vae(block_out_channels=(32, 64), scaling_factor=0.5), True), (overflowing_vae(), False)):
+        latents = calibration_latents(vae, count=2, side=8, seed=1)
+        images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+        emulated = emulated_float16(vae)
+        real = copy.deepcopy(vae).to(torch.float16)
+        with torch.no_grad():
+            pairs = [(emulated.decode(latents).sample, real.decode(latents.half()).sample.float()),
+                     (emulated.encode(images).latent_dist.mean, real.encode(images.half()).latent_dist.mean.float())]
+        for ours, theirs in pairs:
+            assert bool(torch.isfinite(ours).all()) == bool(torch.isfinite(theirs).all())  # NaN where float16 has NaN
+            if torch.isfinite(theirs).all():
+                torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-2)
+        assert bool(torch.isfinite(pairs[0][1]).all()) == finite  # the blown-up decoder overflows, the other does not
