@@ -22,7 +22,7 @@ import torch
 
 from sd_custom_vae.network import GROUP_NORM_EPS
 
-from .schemes import OURS, expected_shapes, format_slot
+from .schemes import expected_tensors
 
 NAME = "course"
 # The course's modules are built for SD 1.x's VAE and nothing else.
@@ -98,8 +98,7 @@ def from_course(state_dict: dict[str, torch.Tensor], source: str = "state dict")
     A residual block whose channels stay has no ``residual_layer`` tensors (an ``nn.Identity``), as ours has no
     ``conv_shortcut``. Keys the layout does not know, and keys it needs that are absent, are an error naming them.
     """
-    levels = len(ARCHITECTURE["block_out_channels"])
-    needed = {format_slot(slot, OURS, levels) for slot in expected_shapes(ARCHITECTURE)}
+    needed = set(expected_tensors(ARCHITECTURE))
     renamed, known, missing = {}, set(), []
     for course, ours in _key_pairs(ARCHITECTURE):
         known.add(course)

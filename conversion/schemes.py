@@ -242,13 +242,19 @@ class _Network(nn.Module, VAEModules):
     """The bare modules of a VAE, to read their names and shapes."""
 
 
-def expected_shapes(config: dict) -> dict[Slot, tuple[int, ...]]:
-    """Every slot of the network `config` (its architecture keys) describes, with its tensor shape in our names,
-    in the network's order: read off the network itself, built on the meta device (no memory, no arithmetic)."""
+def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the network `config` (its architecture keys) describes, under our names, with its shape, in
+    the network's order: read off the network itself, built on the meta device (no memory, no arithmetic)."""
     architecture = {key: config.get(key, getattr(DEFAULT, key)) for key in ARCHITECTURE_KEYS}
     with torch.device("meta"):
         network = _Network()
         network.build_network(**architecture)
-    slots, unknown = parse_keys(network.state_dict(), OURS)
+    return {key: tuple(tensor.shape) for key, tensor in network.state_dict().items()}
+
+
+def expected_shapes(config: dict) -> dict[Slot, tuple[int, ...]]:
+    """`expected_tensors`, keyed by slot."""
+    tensors = expected_tensors(config)
+    slots, unknown = parse_keys(tensors, OURS)
     assert not unknown, f"the {OURS.name} scheme does not spell {unknown}"  # the scheme table must know every module
-    return {slot: tuple(tensor.shape) for slot, tensor in zip(slots.values(), network.state_dict().values())}
+    return {slot: tensors[key] for key, slot in slots.items()}

@@ -49,7 +49,8 @@ def as_dtype(value) -> torch.dtype:
 
 def _check_config_fits_weights(folder: Path, config: dict, variant: str | None) -> None:
     """Refuse a config.json whose network the weights beside it cannot fill, before anything is built: a config of
-    two 65,536-channel levels would otherwise allocate a 150 GB model to find out. Reads the safetensors headers."""
+    two 65,536-channel levels would otherwise allocate a 150 GB model to find out. Reads the safetensors headers.
+    A tensor that is merely missing is left to the load, which names it."""
     from safetensors import safe_open
 
     suffix = f".{variant}" if variant else ""
@@ -58,18 +59,22 @@ def _check_config_fits_weights(folder: Path, config: dict, variant: str | None) 
     files = [single] if single.is_file() else conversion.shard_files(index) if index.is_file() else []
     if not files:
         return
-    stored = 0
+    stored: dict[str, tuple[int, ...]] = {}
     try:
         for path in files:
             with safe_open(str(path), framework="pt") as f:
-                stored += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+                stored.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
     except Exception:  # noqa: BLE001 - an unreadable file is reported, with its name, when it is loaded
         return
-    expected = sum(math.prod(shape) for shape in conversion.expected_shapes(conversion.from_diffusers_config(config)).values())
-    if expected > stored:
+    shapes = conversion.expected_tensors(conversion.from_diffusers_config(config))
+    expected, held = sum(map(math.prod, shapes.values())), sum(map(math.prod, stored.values()))
+    differing = [key for key in shapes if key in stored and shapes[key] != stored[key]]
+    # Names in another scheme share no key with ours; then only the sizes can be compared.
+    if differing or (not stored.keys() & shapes.keys() and expected > held):
+        example = f" ('{differing[0]}' is {list(stored[differing[0]])} in the weights)" if differing else ""
         raise ValueError(
             f"{folder / conversion.CONFIG_NAME} describes a VAE of {expected:,} parameters but its weights hold "
-            f"{stored:,}: the config and the weights are not of one model"
+            f"{held:,}{example}: the config and the weights are not of one model"
         )
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from .config import TrainConfig, renamed_values
 
+
 def every(steps: int) -> dict:
     """Validate, save a sample grid and checkpoint every `steps` steps."""
     return dict(sample_every=steps, eval_every=steps, checkpoint_every=steps)

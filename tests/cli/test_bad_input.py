@@ -12,18 +12,17 @@ import numpy as np
 import pytest
 import torch
 from factories import TINY, tiny_vae
+from helpers import digest, fails, train_flags
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import conversion
 from sd_custom_vae import CustomAutoencoderKL
-from sd_custom_vae.models import run_layout
-from sd_custom_vae.training import checkpoints as training_state
 from sd_custom_vae.cli import main
 from sd_custom_vae.data import load_image_data, read_image
-from sd_custom_vae.training import load_config
-from sd_custom_vae.training import TrainingDiverged, train
-from helpers import digest, fails, train_flags
+from sd_custom_vae.models import run_layout
+from sd_custom_vae.training import TrainingDiverged, load_config, train
+from sd_custom_vae.training import checkpoints as training_state
 
 
 def test_a_final_phase_the_images_are_too_small_for_is_left_out_and_said(photos, tmp_path, capsys):
@@ -303,13 +302,17 @@ def test_a_device_this_machine_lacks_is_named(tmp_path, capsys):
            "--output", str(tmp_path / "x.png")], capsys, "--device cuda: this machine has no such device")
 
 
-def test_calibrating_a_broken_model_says_what_is_broken(tmp_path, capsys):
+@pytest.mark.parametrize("value, message", [
+    (float("nan"), "'encoder.conv_out.weight' holds 4608 NaN or infinite value(s): the checkpoint is broken"),
+    (3e38, "latents are NaN or infinite"),  # finite weights whose activations overflow
+])
+def test_calibrating_a_broken_model_says_what_is_broken(tmp_path, capsys, value, message):
     vae = tiny_vae()
     with torch.no_grad():
-        vae.encoder.conv_out.weight.fill_(float("nan"))
-    vae.save_pretrained(tmp_path / "nan")
-    fails(["calibrate", str(tmp_path / "nan"), "--data", "builtin", "--crops", "2", "--resolution", "32"], capsys,
-          "latents are NaN or infinite")
+        vae.encoder.conv_out.weight.fill_(value)
+    vae.save_pretrained(tmp_path / "broken")
+    fails(["calibrate", str(tmp_path / "broken"), "--data", "builtin", "--crops", "2", "--resolution", "32"], capsys,
+          message)
 
 
 # -- the Hub: unreachable, silent, hostile ------------------------------------------------------------------

@@ -11,10 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sd_custom_vae.models import run_layout
 from sd_custom_vae.cli import main
-from sd_custom_vae.data import StreamCrops, load_image_data
-from sd_custom_vae.data import DataOptions, MapSource, StreamSource, bucket, expand_braces, open_source
+from sd_custom_vae.data import (
+    DataOptions,
+    MapSource,
+    StreamCrops,
+    StreamSource,
+    bucket,
+    expand_braces,
+    load_image_data,
+    open_source,
+)
+from sd_custom_vae.models import run_layout
 
 datasets = pytest.importorskip("datasets")
 

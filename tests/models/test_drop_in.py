@@ -19,8 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import conversion
 from sd_custom_vae import CustomAutoencoderKL
-from sd_custom_vae.network import AttentionBlockProcessor
-from sd_custom_vae.network import NearestUpsampleConv2d
+from sd_custom_vae.network import AttentionBlockProcessor, NearestUpsampleConv2d
 
 LAYERS = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm)
 

@@ -26,10 +26,10 @@ from tiny_pipelines import UNET_SAMPLE_SIZE, tiny_sd_pipeline, tiny_sdxl_pipelin
 
 from conversion import as_checkpoint, save_checkpoint
 from sd_custom_vae import CustomAutoencoderKL
-from sd_custom_vae.models import tiling
-from sd_custom_vae.evaluation.calibrate import Calibration, apply_calibration
-from sd_custom_vae.models.latent_space import CALIBRATION_KEY, is_calibrated
 from sd_custom_vae.cli import main
+from sd_custom_vae.evaluation.calibrate import Calibration, apply_calibration
+from sd_custom_vae.models import tiling
+from sd_custom_vae.models.latent_space import CALIBRATION_KEY, is_calibrated
 from sd_custom_vae.models.pipeline import LatentScaleWarning, check_compatibility, inject_vae, load_pipeline
 
 PROMPT = "a photo of a dog"

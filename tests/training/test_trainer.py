@@ -15,9 +15,8 @@ from safetensors.torch import load_file
 from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.evaluation import perceptual
 from sd_custom_vae.models import run_layout
+from sd_custom_vae.training import TrainingDiverged, load_config, train
 from sd_custom_vae.training.losses import VAELoss
-from sd_custom_vae.training import load_config
-from sd_custom_vae.training import TrainingDiverged, train
 
 FAST = dict(resolution=32, eval_resolution=32, final_resolution=0, batch_size=4, learning_rate=1e-3, warmup_steps=2,
             eval_every=10, sample_every=10, checkpoint_every=10)
