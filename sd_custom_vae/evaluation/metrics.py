@@ -17,10 +17,10 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The 1-D Gaussian; the 2-D window is its outer product, so blurring is two 1-D passes."""
     coords = torch.arange(size, dtype=torch.float64) - size // 2
     g = torch.exp(-coords.square() / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
 
 
 def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,16 +31,14 @@ def ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     use_sample_covariance=False, data_range=1)`` computes.
     """
     x, y = _unit(reconstruction).double(), _unit(target).double()
-    channels = x.shape[1]
-    window = _gaussian_window().to(x.device)[None, None].repeat(channels, 1, 1, 1)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=channels)
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x.square()
-    var_y = blur(y * y) - mu_y.square()
-    cov = blur(x * y) - mu_x * mu_y
+    # the five maps blurred in one pass each way: a separable window is two 1-D convolutions, 5x fewer
+    # multiplications than the 11x11 one, and float64 depthwise convolutions are slow on a CPU
+    maps = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    g = _gaussian_window().to(x.device)
+    blurred = F.conv2d(maps, g.view(1, 1, -1, 1).expand(maps.shape[1], 1, -1, 1), groups=maps.shape[1])
+    blurred = F.conv2d(blurred, g.view(1, 1, 1, -1).expand(maps.shape[1], 1, 1, -1), groups=maps.shape[1])
+    mu_x, mu_y, xx, yy, xy = blurred.chunk(5, dim=1)
+    var_x, var_y, cov = xx - mu_x.square(), yy - mu_y.square(), xy - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(1).float()

@@ -51,6 +51,7 @@ def test_redaction_masks_tokens_not_words(monkeypatch):
     assert redact(f"Authorization: Bearer {TOKEN}") == "Authorization: Bearer hf_***"
 
 
+@pytest.mark.slow
 def test_a_terminal_that_cannot_show_arrows_gets_the_output_and_success(tmp_path):
     tiny_vae().save_pretrained(tmp_path / "vae")
     result = run_cli("convert", str(tmp_path / "vae"), str(tmp_path / "out.safetensors"), "--to", "ldm",
@@ -59,6 +60,7 @@ def test_a_terminal_that_cannot_show_arrows_gets_the_output_and_success(tmp_path
     assert "ldm at" in result.stdout and (tmp_path / "out.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_conversion_leaves_no_temporary_file(tmp_path):
     save_file(CustomAutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2).state_dict(),
               tmp_path / "in.safetensors")  # SD's size: a few seconds to write, time to be interrupted

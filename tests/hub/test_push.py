@@ -156,6 +156,7 @@ def test_model_card_metadata_and_metrics(hub, run_dir, tmp_path):
     assert "StableDiffusionPipeline.from_pretrained(" in text
 
 
+@pytest.mark.slow
 def test_push_without_token_says_how_to_log_in(hub, run_dir, tmp_path):
     result = push(run_dir, "user/tiny-vae", hub_env(hub, tmp_path, token=None))
     assert result.returncode == 2

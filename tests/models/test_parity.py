@@ -48,10 +48,13 @@ def sd_pair():
 
 
 @pytest.mark.parametrize("name", ["sd", "sdxl", "flux", "tiny"])
-def test_matches_diffusers_on_same_weights(name):
+def test_matches_diffusers_on_same_weights(name, request):
     config = CONFIGS[name]
-    reference = randomize_norms(stock_autoencoder_kl(config))
-    ours = CustomAutoencoderKL.from_autoencoder_kl(reference).eval()
+    if name == "sd":  # the SD-size pair is built once for this module
+        reference, ours = request.getfixturevalue("sd_pair")
+    else:
+        reference = randomize_norms(stock_autoencoder_kl(config))
+        ours = CustomAutoencoderKL.from_autoencoder_kl(reference).eval()
     for key, value in config.items():
         assert as_list(ours.config[key]) == as_list(value), key
     image, latents = inputs_for(config)

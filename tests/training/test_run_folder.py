@@ -47,6 +47,7 @@ def test_nothing_is_replaced_before_the_images_are_read(tmp_path, capsys):
     assert (run / "old.txt").read_text() == "an earlier run"
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_a_folder_each(photos, tmp_path):
     """Three runs in the same second with the default name: three folders, each complete."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
