@@ -38,5 +38,7 @@ def lowest(session: nox.Session) -> None:
     constraints.write_text("\n".join(lowest_pins()) + "\n")
     session.install("-c", str(constraints), "-e", ".[dev]")
     names = ", ".join(repr(name) for name in PACKAGES_REPORTED)
-    session.run("python", "-c", f"import importlib.metadata as m; print('; '.join(f'{{n}} {{m.version(n)}}' for n in ({names})))")
+    session.run("python", "-c",
+                "import importlib.metadata as m; "
+                f"print('; '.join(f'{{n}} {{m.version(n)}}' for n in ({names})))")
     session.run("python", "-m", "pytest", "-q", "-m", "not slow", *session.posargs, env={"HF_HUB_OFFLINE": "1"})

@@ -78,7 +78,8 @@ def main() -> None:
         f"\nlatent relative error           {row['latent_relative_error']:.2%}   (target ≤ 5%)"
         f"\nstudent decode of teacher z     {row['student_decode_of_teacher_latents_psnr']:.2f} dB"
         f"   teacher's own {row['teacher_psnr']:.2f} dB   gap {row['psnr_gap_db']:.2f} dB (target ≤ 0.5 dB)"
-        f"\nstudent decode speed-up         {row['decode_speedup']:.1f}×   (target ≥ 5×); encode {row['encode_speedup']:.1f}×"
+        f"\nstudent decode speed-up         {row['decode_speedup']:.1f}×   (target ≥ 5×);"
+        f" encode {row['encode_speedup']:.1f}×"
         f"\nstudent training                {row['student_train_s'] / 60:.1f} min on {row['cpus']} CPUs"
     )
     append_row("distill_quality.json", row)

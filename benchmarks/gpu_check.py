@@ -44,7 +44,8 @@ def main() -> None:
     stock = AutoencoderKL(**SD, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
     ours = CustomAutoencoderKL.from_autoencoder_kl(stock)
     print(f"device: {torch.cuda.get_device_name()}\n")
-    print(f"{'case':>24}{'ours s':>9}{'diffusers s':>12}{'ratio':>7}{'ours GiB':>10}{'diffusers GiB':>14}{'max |diff|':>11}")
+    print(f"{'case':>24}{'ours s':>9}{'diffusers s':>12}{'ratio':>7}"
+          f"{'ours GiB':>10}{'diffusers GiB':>14}{'max |diff|':>11}")
     with torch.no_grad():
         for dtype in (torch.float16, torch.bfloat16):
             a, b = ours.to("cuda", dtype).eval(), stock.to("cuda", dtype).eval()
@@ -52,17 +53,20 @@ def main() -> None:
                 image = torch.rand(1, 3, size, size, device="cuda", dtype=dtype) * 2 - 1
                 latents = torch.randn(1, 4, size // 8, size // 8, device="cuda", dtype=dtype)
                 for op, x in (("encode", image), ("decode", latents)):
-                    run = (lambda m, x=x: m.encode(x).latent_dist.mean) if op == "encode" else (lambda m, x=x: m.decode(x).sample)
+                    run = ((lambda m, x=x: m.encode(x).latent_dist.mean) if op == "encode"
+                           else (lambda m, x=x: m.decode(x).sample))
                     (t_ours, m_ours), (t_theirs, m_theirs) = timed(lambda: run(a)), timed(lambda: run(b))
                     diff = (run(a).float() - run(b).float()).abs().max().item()
                     name = f"{op} {size}² {str(dtype).removeprefix('torch.')}"
-                    print(f"{name:>24}{t_ours:9.3f}{t_theirs:12.3f}{t_ours / t_theirs:7.2f}{m_ours:10.2f}{m_theirs:14.2f}{diff:11.1e}", flush=True)
+                    print(f"{name:>24}{t_ours:9.3f}{t_theirs:12.3f}{t_ours / t_theirs:7.2f}"
+                          f"{m_ours:10.2f}{m_theirs:14.2f}{diff:11.1e}", flush=True)
 
         a, b = ours.to("cuda", torch.float16), stock.to("cuda", torch.float16)
         latents = torch.randn(1, 4, 512, 512, device="cuda", dtype=torch.float16)
         a.enable_tiling(max_memory=8 << 30)
         b.enable_tiling()
-        (t_ours, m_ours), (t_theirs, m_theirs) = timed(lambda: a.decode(latents).sample, 1), timed(lambda: b.decode(latents).sample, 1)
+        (t_ours, m_ours), (t_theirs, m_theirs) = (timed(lambda: a.decode(latents).sample, 1),
+                                                  timed(lambda: b.decode(latents).sample, 1))
         error = (a.decode(latents).sample.float() - b.decode(latents).sample.float()).abs().max().item()
         print(f"\n4096² tiled decode (fp16): ours {t_ours:.1f} s, {m_ours:.2f} GiB; diffusers {t_theirs:.1f} s, "
               f"{m_theirs:.2f} GiB; max |diffusers - ours| = {error:.3f} (diffusers' per-tile GroupNorm)")

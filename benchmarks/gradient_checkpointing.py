@@ -73,24 +73,28 @@ def main() -> None:
     torch.manual_seed(0)
     torch.save(ScratchVAE(**SD).state_dict(), folder / "weights.pt")
     print(f"SD 1.x VAE, one training step (MSE + KL, backward), {torch.get_num_threads()} threads\n")
-    header = f"{'size':>6}{'batch':>6}{'plain MB':>10}{'ckpt MB':>9}{'mem ratio':>10}{'plain s':>9}{'ckpt s':>8}{'time ratio':>11}{'max |Δgrad|':>13}"
+    header = (f"{'size':>6}{'batch':>6}{'plain MB':>10}{'ckpt MB':>9}{'mem ratio':>10}"
+              f"{'plain s':>9}{'ckpt s':>8}{'time ratio':>11}{'max |Δgrad|':>13}")
     print(header)
     for size in args.sizes:
         for batch in args.batches:
             result = {}
             for mode in ("plain", "checkpointed"):
-                result[mode] = run_child(__file__, "--child", mode, folder / "weights.pt", size, batch, args.repeats, folder / f"{mode}.pt")
+                result[mode] = run_child(__file__, "--child", mode, folder / "weights.pt", size, batch, args.repeats,
+                                         folder / f"{mode}.pt")
             grads = [torch.load(folder / f"{mode}.pt", weights_only=True) for mode in ("plain", "checkpointed")]
             difference = max((grads[0][k] - grads[1][k]).abs().max().item() for k in grads[0])
             plain, ckpt = result["plain"], result["checkpointed"]
             row = {
                 "size": size, "batch": batch, "plain_mb": plain["mb"], "checkpointed_mb": ckpt["mb"],
-                "memory_ratio": ckpt["mb"] / plain["mb"], "plain_s": plain["seconds"], "checkpointed_s": ckpt["seconds"],
+                "memory_ratio": ckpt["mb"] / plain["mb"], "plain_s": plain["seconds"],
+                "checkpointed_s": ckpt["seconds"],
                 "time_ratio": ckpt["seconds"] / plain["seconds"], "max_grad_difference": difference,
                 "threads": torch.get_num_threads(),
             }
             print(f"{size:>5}²{batch:>6}{row['plain_mb']:>10.0f}{row['checkpointed_mb']:>9.0f}{row['memory_ratio']:>10.2f}"
-                  f"{row['plain_s']:>9.1f}{row['checkpointed_s']:>8.1f}{row['time_ratio']:>11.2f}{difference:>13.1e}", flush=True)
+                  f"{row['plain_s']:>9.1f}{row['checkpointed_s']:>8.1f}{row['time_ratio']:>11.2f}"
+                  f"{difference:>13.1e}", flush=True)
             append_row("gradient_checkpointing.json", row)
 
 

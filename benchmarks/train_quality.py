@@ -71,7 +71,8 @@ def main() -> None:
         "parameters": metrics["parameters"],
         "mixed_precision": metrics.get("mixed_precision"),
         **{f"{key}_{size}": value for size, table in evals.items() for key, value in table.items()},
-        "training_s": metrics["wall_time_s"], "wall_s": None if wall is None else round(wall, 1), "cpus": os.cpu_count(),
+        "training_s": metrics["wall_time_s"], "wall_s": None if wall is None else round(wall, 1),
+        "cpus": os.cpu_count(),
         "extra_args": args.train_args, "run": str(output),
     }
     print(
@@ -83,7 +84,8 @@ def main() -> None:
         f"({row['crops_64']} crops); resizing ×{factor} down and up: {row['resize_psnr_64']:.2f} dB\n"
         f"held-out built-in photos, 256-px crops: PSNR {row['psnr_256']:.2f} dB, SSIM {row['ssim_256']:.3f}, "
         + (f"rFID {row['rfid_256']:.1f} over {row['crops_256']} crops, " if "rfid_256" in row else "")
-        + (f"LPIPS {row.get('lpips_256', row.get('st_lpips_256')):.3f}" if any(k in row for k in ("lpips_256", "st_lpips_256")) else "")
+        + (f"LPIPS {row.get('lpips_256', row.get('st_lpips_256')):.3f}"
+           if any(k in row for k in ("lpips_256", "st_lpips_256")) else "")
         + f"; resizing ×{factor} down and up: {row['resize_psnr_256']:.2f} dB"
         + f"; with the colour of each {factor}×{factor} block exact: {row['colour_fixed_psnr_256']:.2f} dB"
         + "".join(f"\n{metric} not measured: {why}" for metric, why in evals[256]["not_measured"].items())
@@ -97,7 +99,8 @@ def evaluate(run: Path, size: int) -> dict:
     folder = run.parent / f"eval-{size}"
     metrics = "psnr,ssim" if size < 256 else None  # rFID and LPIPS at 256 px (all that is installed)
     command = [sys.executable, "-m", "sd_custom_vae", "eval", str(run / "model"), "--resolution", str(size),
-               "--crops-per-image", "4", "--output", str(folder), "--overwrite", *(["--metrics", metrics] if metrics else [])]
+               "--crops-per-image", "4", "--output", str(folder), "--overwrite",
+               *(["--metrics", metrics] if metrics else [])]
     subprocess.run(command, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     table = json.loads((folder / "eval.json").read_text())
     vae = table["vaes"][0]

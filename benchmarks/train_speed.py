@@ -11,7 +11,8 @@
 
 Every way runs in a fresh process: one warm-up step (and compilation, timed apart), then --steps steps on
 the same sequence of batches; images/s is the median step's, memory the peak of the timed steps above what
-the process held before them (resident set on a CPU, allocated GPU memory on CUDA, which is used if present). The loss after the last step shows the three optimise alike.
+the process held before them (resident set on a CPU, allocated GPU memory on CUDA, which is used if present).
+The loss after the last step shows the three optimise alike.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def main() -> None:
         for size in args.sizes:
             results = {}
             for way in ("plain", "diffusers", "ours"):
-                results[way] = run_child(__file__, "--child", way, arch, size, args.batch, args.steps, weights, args.ours)
+                results[way] = run_child(__file__, "--child", way, arch, size, args.batch, args.steps, weights,
+                                         args.ours)
                 r = results[way]
                 ratio = r["images_per_s"] / results["plain"]["images_per_s"]
                 print(f"{arch:>6}{size:>5}²{way:>11}{r['images_per_s']:>8.2f}{ratio:>8.2f}×{r['peak_mb']:>9.0f}"

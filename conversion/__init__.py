@@ -43,10 +43,12 @@ from .schemes import OURS, SCHEMES, Slot, expected_shapes, expected_tensors
 
 __all__ = [
     "ARCHITECTURE_KEYS", "CONFIG_KEYS", "CONFIG_NAME", "DIFFUSERS_DOWN_BLOCK", "DIFFUSERS_UP_BLOCK", "DTYPES",
-    "LATENT_SPACE", "LATENT_SPACE_KEYS", "OURS", "RENAMED_TARGETS", "SCHEMES", "TARGETS", "WEIGHTS_NAME", "ConversionSummary",
+    "LATENT_SPACE", "LATENT_SPACE_KEYS", "OURS", "RENAMED_TARGETS", "SCHEMES", "TARGETS", "WEIGHTS_NAME",
+    "ConversionSummary",
     "Detection", "Slot", "VAECheckpoint", "as_checkpoint", "atomic_folder", "atomic_path", "check_new",
     "check_values", "check_writable", "convert_checkpoint", "convert_state_dict", "course", "detect_scheme",
-    "expected_shapes", "expected_tensors", "from_diffusers_config", "key_scheme", "load_checkpoint", "read_checkpoint", "read_json",
-    "rename_to_ours", "resolve_target", "save_checkpoint", "shard_files", "to_diffusers_config", "to_scratch", "validate_config",
+    "expected_shapes", "expected_tensors", "from_diffusers_config", "key_scheme", "load_checkpoint", "read_checkpoint",
+    "read_json", "rename_to_ours", "resolve_target", "save_checkpoint", "shard_files", "to_diffusers_config",
+    "to_scratch", "validate_config",
     "write_json", "write_model_folder", "write_safetensors",
 ]

@@ -47,7 +47,8 @@ def _reals(key: str, value, length: int, positive: bool = False) -> None:
     if value is None:
         return
     if not isinstance(value, (list, tuple)) or len(value) != length or not all(_is_real(v) for v in value):
-        raise ValueError(f"config {key} must be null or a list of {length} finite numbers (one per latent channel), got {value!r}")
+        raise ValueError(f"config {key} must be null or a list of {length} finite numbers (one per latent channel), "
+                         f"got {value!r}")
     if positive and not all(v > 0 for v in value):
         raise ValueError(f"config {key} must hold positive numbers (standard deviations), got {value!r}")
 

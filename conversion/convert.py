@@ -65,7 +65,8 @@ def _checked_detection(state_dict: dict[str, torch.Tensor], config: dict | None,
         stored = config.get(key)
         stored = tuple(stored) if isinstance(stored, list) else stored
         if stored is not None and stored != detection.config[key]:
-            raise ValueError(f"{source}: config says {key}={stored!r} but the weights have {key}={detection.config[key]!r}")
+            raise ValueError(f"{source}: config says {key}={stored!r} "
+                             f"but the weights have {key}={detection.config[key]!r}")
     config.update(detection.config)
     for key, value in detection.implied.items():
         config.setdefault(key, value)
@@ -136,7 +137,9 @@ def as_checkpoint(
     )
 
 
-def to_scratch(state_dict: dict[str, torch.Tensor], config: dict | None = None, source: str = "state dict") -> VAECheckpoint:
+def to_scratch(
+    state_dict: dict[str, torch.Tensor], config: dict | None = None, source: str = "state dict"
+) -> VAECheckpoint:
     """The former name of ``as_checkpoint``."""
     warnings.warn("conversion.to_scratch is now conversion.as_checkpoint", FutureWarning, stacklevel=2)
     return as_checkpoint(state_dict, config, source)
@@ -164,7 +167,9 @@ def rename_to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         return course.from_course(state_dict)
     slots, unknown = parse_keys(state_dict, scheme)
     num_levels = count_levels(slots.values())
-    renamed = {format_slot(slot, OURS, num_levels): adapt_tensor(slot, state_dict[key], OURS) for key, slot in slots.items()}
+    renamed = {
+        format_slot(slot, OURS, num_levels): adapt_tensor(slot, state_dict[key], OURS) for key, slot in slots.items()
+    }
     renamed.update({key: state_dict[key] for key in unknown})
     return renamed
 
@@ -211,7 +216,8 @@ def save_checkpoint(
     if not folder and output.suffix != ".safetensors":
         raise ValueError(f"{output}: {to} output is a single file and must end in .safetensors")
     if folder and output.suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        raise ValueError(f"{output}: diffusers output is a model folder or a .safetensors file, not a {output.suffix} file")
+        raise ValueError(f"{output}: diffusers output is a model folder or a .safetensors file, "
+                         f"not a {output.suffix} file")
     renamed = convert_state_dict(cast(checkpoint.state_dict, dtype, checkpoint.source), to, checkpoint.config)
     if folder:
         return write_model_folder(renamed, to_diffusers_config(checkpoint.config), output, overwrite=overwrite)
@@ -274,7 +280,8 @@ def convert_checkpoint(
     path = save_checkpoint(checkpoint, output, to, dtype, overwrite)
     notes = list(checkpoint.notes)
     if to == course.NAME:
-        notes += [n for n in (course.EPSILON_NOTE, course.latent_scale_note(checkpoint.config)) if n not in (None, *notes)]
+        notes += [n for n in (course.EPSILON_NOTE, course.latent_scale_note(checkpoint.config))
+                  if n not in (None, *notes)]
     return ConversionSummary(
         str(source), checkpoint.scheme, len(checkpoint.state_dict), checkpoint.num_parameters, str(path), to,
         len(checkpoint.ignored), checkpoint.assumed, notes,

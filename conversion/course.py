@@ -76,11 +76,13 @@ def _key_pairs(config: dict) -> list[tuple[str, str | tuple[str, str, str]]]:
                 if kind == "plain":
                     pairs.append((f"{course}.{param}", f"{ours}.{param}"))
                 elif kind == "residual":
-                    pairs += [(f"{course}.{theirs}.{param}", f"{ours}.{part}.{param}") for theirs, part in RESIDUAL_PARTS.items()]
+                    pairs += [(f"{course}.{theirs}.{param}", f"{ours}.{part}.{param}")
+                              for theirs, part in RESIDUAL_PARTS.items()]
                 else:
                     pairs += [
                         (f"{course}.groupnorm.{param}", f"{ours}.group_norm.{param}"),
-                        (f"{course}.attention.in_proj.{param}", tuple(f"{ours}.{p}.{param}" for p in ("to_q", "to_k", "to_v"))),
+                        (f"{course}.attention.in_proj.{param}",
+                         tuple(f"{ours}.{p}.{param}" for p in ("to_q", "to_k", "to_v"))),
                         (f"{course}.attention.out_proj.{param}", f"{ours}.to_out.0.{param}"),
                     ]
     return pairs
@@ -109,7 +111,8 @@ def from_course(state_dict: dict[str, torch.Tensor], source: str = "state dict")
         tensor = state_dict[course]
         if isinstance(ours, tuple):
             if tensor.shape[0] % 3:
-                raise ValueError(f"{source}: {course!r} has shape {tuple(tensor.shape)}: not query, key and value stacked")
+                raise ValueError(f"{source}: {course!r} has shape {tuple(tensor.shape)}: "
+                                 "not query, key and value stacked")
             renamed.update(zip(ours, tensor.chunk(3, dim=0)))
         else:
             renamed[ours] = tensor
@@ -117,7 +120,8 @@ def from_course(state_dict: dict[str, torch.Tensor], source: str = "state dict")
     for keys, what in ((unknown, "are not part of"), (missing, "are missing from")):
         if keys:
             shown = ", ".join(repr(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-            raise ValueError(f"{source}: {len(keys)} key(s) {what} the course's VAE_Encoder/VAE_Decoder layout: {shown}")
+            raise ValueError(f"{source}: {len(keys)} key(s) {what} the course's VAE_Encoder/VAE_Decoder layout: "
+                             f"{shown}")
     return renamed
 
 

@@ -40,3 +40,9 @@ def randomize_norms(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
 def tiny_vae(seed: int = 0, **overrides) -> CustomAutoencoderKL:
     torch.manual_seed(seed)
     return randomize_norms(CustomAutoencoderKL(**{**TINY, **overrides}), seed + 1).eval()
+
+
+def reconstruct(model, image: torch.Tensor) -> torch.Tensor:
+    """The model's reconstruction of `image`, without gradients."""
+    with torch.no_grad():
+        return model(image).sample

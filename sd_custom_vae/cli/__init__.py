@@ -57,7 +57,8 @@ def add_data_flags(parser: argparse.ArgumentParser, default_help: str) -> None:
                         f"parquet/arrow files) or WebDataset shards (path, glob, {{000..099}} pattern); {default_help}")
     parser.add_argument("--data-split", default="train", help="split of a 🤗 dataset (default train)")
     parser.add_argument("--data-revision", default=None, help="revision of a Hub dataset")
-    parser.add_argument("--image-column", default=None, help="dataset column holding the images (default: the Image one)")
+    parser.add_argument("--image-column", default=None,
+                        help="dataset column holding the images (default: the Image one)")
     parser.add_argument("--streaming", action="store_true", help="stream a 🤗 dataset rather than download it whole")
 
 
@@ -108,7 +109,10 @@ def describe(error: BaseException) -> tuple[str, int]:
             "(files already on the Hub are skipped)", 1,
         )
     if type(error).__module__.startswith(("httpx", "requests", "urllib3")) or isinstance(error, TimeoutError):
-        return f"cannot reach the Hugging Face Hub ({type(error).__name__}: {error}); check the network and HF_ENDPOINT", 1
+        return (
+            f"cannot reach the Hugging Face Hub ({type(error).__name__}: {error}); check the network and HF_ENDPOINT",
+            1,
+        )
     if isinstance(error, (ValueError, TypeError, LookupError, OSError)):
         return str(error) or type(error).__name__, 2
     from ..training import TrainingDiverged

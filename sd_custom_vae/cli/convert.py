@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         "safetensors.",
     )
     add_model_argument(parser, "input", "the VAE to convert")
-    parser.add_argument("output", help="output folder or .safetensors file (--to diffusers), .safetensors file (ldm, course)")
+    parser.add_argument("output",
+                        help="output folder or .safetensors file (--to diffusers), .safetensors file (ldm, course)")
     parser.add_argument("--to", required=True, choices=[*conversion.TARGETS, *conversion.RENAMED_TARGETS],
                         help=f"output naming scheme: {', '.join(conversion.TARGETS)}")
     parser.add_argument("--dtype", choices=list(conversion.DTYPES), default=None, help="cast weights on output")

@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     teacher = load_vae(args.teacher, torch.float32, args.subfolder).to(device) if args.teacher else None
     if teacher is not None:
         for label, vae in vaes.items():
-            if vae.config.latent_channels != teacher.config.latent_channels or vae.downsampling_factor != teacher.downsampling_factor:
+            if (vae.config.latent_channels != teacher.config.latent_channels
+                    or vae.downsampling_factor != teacher.downsampling_factor):
                 raise ValueError(
                     f"{label} makes latents of {vae.config.latent_channels} channels at 1/{vae.downsampling_factor} "
                     f"of the image, the teacher {args.teacher} of {teacher.config.latent_channels} at "
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         images, where = read_images(args.data, args.resolution, data_options(args), limit=args.max_images)
     factors = {v.downsampling_factor for v in vaes.values()}
     if any(args.resolution % f for f in factors):
-        raise ValueError(f"--resolution {args.resolution} must be a multiple of every VAE's downsampling factor {sorted(factors)}")
+        raise ValueError(f"--resolution {args.resolution} must be a multiple of every VAE's downsampling factor "
+                         f"{sorted(factors)}")
     crops = protocol_crops(list(images), args.protocol, args.resolution, args.crops_per_image)
 
     with warnings.catch_warnings():
@@ -107,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(reports))
     distance = next((key for key in ("lpips", "st_lpips") if key in reports[0].metrics), None)
     if distance:
-        print(f"perceptual distance: {'LPIPS (AlexNet, the original weights)' if distance == 'lpips' else 'ST-LPIPS (AlexNet, shift-tolerant; the original LPIPS is not available offline here)'}")
+        described = ("LPIPS (AlexNet, the original weights)" if distance == "lpips"
+                     else "ST-LPIPS (AlexNet, shift-tolerant; the original LPIPS is not available offline here)")
+        print(f"perceptual distance: {described}")
     if "rfid" in reports[0].metrics:
         print(f"rFID over {len(crops)} images")
         if (warning := fid.few_images_warning(len(crops))) is not None:

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     add_data_flags(parser, "default: the built-in photos")
     parser.add_argument("--images", type=int, default=8, help="how many images to measure the encoder on (default 8)")
     parser.add_argument("--resolution", type=int, default=256, help="crop side of those images (default 256)")
-    parser.add_argument("--ldm", default=None, metavar="FILE", help="also write an LDM .safetensors file (A1111/ComfyUI)")
+    parser.add_argument("--ldm", default=None, metavar="FILE",
+                        help="also write an LDM .safetensors file (A1111/ComfyUI)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs, as a whole, atomically")
     parser.set_defaults(handler=run)
 

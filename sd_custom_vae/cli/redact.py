@@ -15,13 +15,15 @@ import re
 MASK = "hf_***"
 # Hugging Face tokens (lower-case hf_, then 16 or more letters and digits, some upper-case or digits: real ones
 # have 34) and bearer credentials in headers or their echoes
-TOKEN_PATTERNS = re.compile(r"\bhf_(?=[A-Za-z0-9_]*[A-Z0-9])[A-Za-z0-9_]{16,}|(?i:(?<=Bearer )[^\s'\",;]+|(?<=token=)[^\s&'\",;]+)")
+TOKEN_PATTERNS = re.compile(r"\bhf_(?=[A-Za-z0-9_]*[A-Z0-9])[A-Za-z0-9_]{16,}"
+                            r"|(?i:(?<=Bearer )[^\s'\",;]+|(?<=token=)[^\s&'\",;]+)")
 MIN_SECRET = 8  # a known "token" shorter than this is no real token, and masking it would mask words
 
 
 def known_secrets(*extra: str | None) -> set[str]:
     """The tokens this process may use: given ones, HF_TOKEN, and the one `hf auth login` stored."""
-    secrets = {value for value in (*extra, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")) if value}
+    secrets = {value for value in (*extra, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN"))
+               if value}
     try:
         from huggingface_hub import get_token
 

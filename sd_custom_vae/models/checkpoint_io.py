@@ -110,7 +110,8 @@ class CheckpointIO:
         if missing:
             raise ValueError(
                 f"{pretrained_model_name_or_path}: {len(missing)} weight(s) missing from the checkpoint: "
-                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; the file is incomplete or for another model"
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; the file is incomplete "
+                "or for another model"
             )
         return (model, info) if output_loading_info else model
 

@@ -247,7 +247,8 @@ def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Repo
         fp16_error_after=_error(half_after, fixed),
         fp32_change=_error(fixed, reference),
         scales=scales,
-        checked_on=f"{checked_on}, on {len(images)} image(s) and {len(latents)} latent(s) reaching the largest activations",
+        checked_on=(f"{checked_on}, on {len(images)} image(s) and {len(latents)} latent(s) reaching the largest "
+                    "activations"),
     )
 
 

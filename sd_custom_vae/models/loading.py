@@ -1,4 +1,5 @@
-"""Any VAE a user names (a model, a folder, a run, a pipeline, a checkpoint file, a Hub name) as a ``CustomAutoencoderKL``."""
+"""Any VAE a user names (a model, a folder, a run, a pipeline, a checkpoint file, a Hub name) as a
+``CustomAutoencoderKL``."""
 
 from __future__ import annotations
 

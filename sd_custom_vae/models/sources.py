@@ -82,7 +82,8 @@ def locate(name: str | os.PathLike, subfolder: str | None = None, **hub_options)
                 pass
         prefix = f"{folder}/" if folder else ""
         for weights in ("*.safetensors", "*.bin"):
-            root = snapshot_download(repo_id, allow_patterns=[f"{prefix}config.json", f"{prefix}{weights}", f"{prefix}*.json"],
+            root = snapshot_download(repo_id,
+                                     allow_patterns=[f"{prefix}config.json", f"{prefix}{weights}", f"{prefix}*.json"],
                                      **kwargs)
             local = Path(root, folder) if folder else Path(root)
             if any(local.glob(weights)):

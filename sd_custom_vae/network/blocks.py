@@ -108,10 +108,12 @@ class NearestUpsampleConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size=3, stride=1, padding=1, **kwargs):
-        super().__init__(in_channels, in_channels if out_channels is None else out_channels, kernel_size, stride, padding, **kwargs)
+        super().__init__(in_channels, in_channels if out_channels is None else out_channels, kernel_size, stride,
+                         padding, **kwargs)
 
     def phase_kernels(self) -> list[list[torch.Tensor]]:
-        """kernels[a][b]: the 2×2 kernel producing output rows 2i+a, columns 2j+b from x[i-1+a : i+1+a, j-1+b : j+1+b]."""
+        """kernels[a][b]: the 2×2 kernel producing output rows 2i+a, columns 2j+b from
+        x[i-1+a : i+1+a, j-1+b : j+1+b]."""
 
         def merge(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
             first, middle, last = w.unbind(dim)
@@ -120,12 +122,15 @@ class NearestUpsampleConv2d(nn.Conv2d):
         return [list(merge(rows, 3)) for rows in merge(self.weight, 2)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.kernel_size, self.stride, self.padding, self.groups, self.padding_mode) != ((3, 3), (1, 1), (1, 1), 1, "zeros"):
+        if (self.kernel_size, self.stride, self.padding, self.groups, self.padding_mode) != (
+            (3, 3), (1, 1), (1, 1), 1, "zeros"
+        ):
             return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         height, width = x.shape[-2:]
         padded = F.pad(x, (1, 1, 1, 1))
         phases = [
-            [F.conv2d(padded[:, :, a : a + height + 1, b : b + width + 1], kernel, self.bias) for b, kernel in enumerate(row)]
+            [F.conv2d(padded[:, :, a : a + height + 1, b : b + width + 1], kernel, self.bias)
+             for b, kernel in enumerate(row)]
             for a, row in enumerate(self.phase_kernels())
         ]
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -142,7 +147,8 @@ class NearestUpsampleConv2d(nn.Conv2d):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         dtype = phases[0][0].dtype
-        out = torch.empty(batch, channels, 2 * height, 2 * width, dtype=dtype, device=x.device, memory_format=memory_format)
+        out = torch.empty(batch, channels, 2 * height, 2 * width, dtype=dtype, device=x.device,
+                          memory_format=memory_format)
         # (batch, channels, row, row phase, column, column phase) views of `out`
         if channels_last:
             view = out.permute(0, 2, 3, 1).view(batch, height, 2, width, 2, channels).permute(0, 5, 1, 2, 3, 4)
@@ -219,7 +225,8 @@ class UNetMidBlock2D(nn.Module):
 
     def __init__(self, channels: int, groups: int, add_attention: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([ResidualBlock(channels, channels, groups), ResidualBlock(channels, channels, groups)])
+        self.resnets = nn.ModuleList([ResidualBlock(channels, channels, groups),
+                                      ResidualBlock(channels, channels, groups)])
         # diffusers keeps the slot even without attention: attentions.0 names the same module in both
         self.attentions = nn.ModuleList([AttentionBlock(channels, groups) if add_attention else None])
         self.gradient_checkpointing = False

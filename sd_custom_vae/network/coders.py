@@ -180,7 +180,8 @@ class VAEModules:
             in_channels, block_out_channels, layers_per_block, latent_channels, norm_num_groups, mid_block_add_attention
         )
         self.decoder = Decoder(
-            latent_channels, block_out_channels, layers_per_block, out_channels, norm_num_groups, mid_block_add_attention
+            latent_channels, block_out_channels, layers_per_block, out_channels, norm_num_groups,
+            mid_block_add_attention
         )
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None

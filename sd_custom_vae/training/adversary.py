@@ -77,7 +77,8 @@ class Adversary(nn.Module):
             accelerator.backward(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return {"discriminator": loss.detach(), "logits_real": real_logits.mean().detach(), "logits_fake": fake_logits.mean().detach()}
+        return {"discriminator": loss.detach(), "logits_real": real_logits.mean().detach(),
+                "logits_fake": fake_logits.mean().detach()}
 
     def state(self, accelerator) -> tuple[dict, dict]:
         """(discriminator weights, optimizer state) for a checkpoint."""

@@ -30,7 +30,8 @@ def phases(config: TrainConfig) -> list[tuple[int, int, int]]:
 
 
 class BatchFeed:
-    def __init__(self, config: TrainConfig, data: ImageData, rank: int, processes: int, device: torch.device, step: int):
+    def __init__(self, config: TrainConfig, data: ImageData, rank: int, processes: int, device: torch.device,
+                 step: int):
         self.config, self.data, self.rank, self.processes, self.device = config, data, rank, processes, device
         self.phase = self._phase(step)
         self.batches = self._batches(step)

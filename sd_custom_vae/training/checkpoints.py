@@ -131,7 +131,8 @@ def load_newest_intact(candidates: list[Path], apply) -> Path:
             files = load(folder)
         except Exception as error:  # noqa: BLE001 - a truncated or garbled file shows up as many error types
             warnings.warn(
-                f"checkpoint {folder} is unreadable (truncated or garbled: {type(error).__name__}); trying an older one",
+                f"checkpoint {folder} is unreadable (truncated or garbled: {type(error).__name__}); "
+                "trying an older one",
                 stacklevel=2,
             )
             continue

@@ -46,11 +46,13 @@ class TrainConfig:
         "new", "new: a VAE with a latent space of its own; decoder-finetune or distill: keep --teacher's latent space, "
         "so a UNet trained on it understands the latents", choices=MODES, renamed={"scratch": "new"},
     )
-    teacher: str | None = setting(None, "the VAE whose latent space to keep: a folder, a checkpoint file or a Hub repo id")
+    teacher: str | None = setting(None,
+                                  "the VAE whose latent space to keep: a folder, a checkpoint file or a Hub repo id")
     teacher_subfolder: str | None = setting(None, "folder of the teacher inside its repo or folder (e.g. vae)")
     decoder_init: str = setting("teacher", "decoder-finetune: start from the teacher's decoder or from random weights",
                                 choices=("teacher", "random"), renamed={"scratch": "random"})
-    student_width: float = setting(0.25, "distill: student channels as a fraction of the teacher's", above=0.0, at_most=1.0)
+    student_width: float = setting(0.25, "distill: student channels as a fraction of the teacher's",
+                                   above=0.0, at_most=1.0)
     latent_weight: float = setting(1.0, "distill: weight of matching the teacher's latents", at_least=0.0)
     # -- the network: ScratchVAE keywords (taken from the teacher in decoder-finetune) --
     model: dict = setting({}, "ScratchVAE keywords (block_out_channels, layers_per_block, ...)", flag=False)
@@ -62,8 +64,10 @@ class TrainConfig:
     data_split: str = setting("train", "split of a 🤗 dataset to read")
     data_revision: str | None = setting(None, "revision (branch, tag or commit) of a Hub dataset")
     image_column: str | None = setting(None, "dataset column holding the images (default: the one of Image type)")
-    streaming: bool = setting(False, "stream a 🤗 dataset rather than download it whole (WebDataset shards always stream)")
-    num_workers: int = setting(0, "DataLoader processes that decode and crop images (0: the training process does)", at_least=0)
+    streaming: bool = setting(False,
+                              "stream a 🤗 dataset rather than download it whole (WebDataset shards always stream)")
+    num_workers: int = setting(0, "DataLoader processes that decode and crop images (0: the training process does)",
+                               at_least=0)
     resolution: int = setting(64, "training crop side in pixels", at_least=8)
     final_resolution: int | None = setting(
         None, "train the last --final-fraction of the steps on crops this large (fewer per batch, as many pixels); "
@@ -80,7 +84,8 @@ class TrainConfig:
     )
     eval_resolution: int | None = setting(None, "validation crop side in pixels (default: --resolution)", at_least=8)
     val_fraction: float = setting(0.1, "share of a user folder held out for validation", above=0.0, below=1.0)
-    eval_crops_per_image: int = setting(4, "validation crops per held-out image (centre, then towards the corners)", at_least=1, at_most=5)
+    eval_crops_per_image: int = setting(4, "validation crops per held-out image (centre, then towards the corners)",
+                                        at_least=1, at_most=5)
     # -- optimisation --
     steps: int = setting(1000, "optimizer steps", at_least=1)
     batch_size: int = setting(8, "images per process per micro-step", at_least=1)
@@ -105,7 +110,8 @@ class TrainConfig:
     beta: float = setting(1e-6, "KL weight (see --kl-reduction)", at_least=0.0)
     # "ldm": LDM's objective divided by the number of pixel values, so beta=1e-6 is LDM's kl_weight;
     # "sum": the course's  MSE(mean) + beta * KL summed over the batch, where its default beta is 2.5e-4.
-    kl_reduction: str = setting("ldm", "ldm: KL per pixel value (beta 1e-6 is LDM's); sum: over the batch, as the course",
+    kl_reduction: str = setting("ldm", "ldm: KL per pixel value (beta 1e-6 is LDM's); "
+                                "sum: over the batch, as the course",
                                 choices=("ldm", "sum"), renamed={"course": "sum"})
     perceptual_weight: float = setting(0.0, "ST-LPIPS weight (0 = off)", at_least=0.0)
     colour_weight: float = setting(
@@ -159,20 +165,24 @@ class TrainConfig:
             if rules["below"] is not None and not value < rules["below"]:
                 raise ValueError(f"{where} must be less than {rules['below']:g}, got {value!r}")
         betas = self.adam_betas
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                      for b in betas):
             raise ValueError(f"option adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.99]; got {list(betas)!r}")
         if self.final_resolution and self.final_resolution <= self.resolution:
-            raise ValueError(f"option final_resolution (--final-resolution) must be 0 (off) or larger than --resolution "
+            raise ValueError(f"option final_resolution (--final-resolution) "
+                             f"must be 0 (off) or larger than --resolution "
                              f"{self.resolution}, got {self.final_resolution}")
         unknown = sorted(set(self.model) - set(conversion.ARCHITECTURE_KEYS))
         if unknown:
-            raise ValueError(f"option model has unknown key(s) {unknown}; ScratchVAE takes {', '.join(conversion.ARCHITECTURE_KEYS)}")
+            raise ValueError(f"option model has unknown key(s) {unknown}; "
+                             f"ScratchVAE takes {', '.join(conversion.ARCHITECTURE_KEYS)}")
         conversion.validate_config(self.model)
         return self
 
 
 def _check_type(where: str, value, annotation) -> None:
-    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    allowed = (typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+               else (annotation,))
     if value is None:
         if type(None) not in allowed:
             raise ValueError(f"{where} needs a value, got null")

@@ -35,7 +35,8 @@ def as_pipeline_model(vae: ScratchVAE, objective: Objective, config: TrainConfig
     return model
 
 
-def write_results(run: Path, model: CustomAutoencoderKL, summary: dict, history: list[dict], val_history: list[dict]) -> None:
+def write_results(run: Path, model: CustomAutoencoderKL, summary: dict, history: list[dict],
+                  val_history: list[dict]) -> None:
     with conversion.atomic_folder(run / MODEL_DIR, overwrite=True) as staging:  # this run's own
         model.save_pretrained(staging)
     conversion.write_json(summary, run / METRICS)

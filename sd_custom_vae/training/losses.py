@@ -16,7 +16,8 @@ from .config import TrainConfig
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) ‖ N(0, I)) per sample, summed over latent elements (as DiagonalGaussianDistribution.kl)."""
+    """KL(N(mean, exp(logvar)) ‖ N(0, I)) per sample, summed over latent elements
+    (as DiagonalGaussianDistribution.kl)."""
     return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
 
 
@@ -105,7 +106,9 @@ class VAELoss(nn.Module):
             terms["total"] = terms["total"] + config.colour_weight * terms["colour"]
         return terms
 
-    def _adaptive_weight(self, distortion: torch.Tensor, generator: torch.Tensor, last_layer: torch.Tensor | None) -> torch.Tensor:
+    def _adaptive_weight(
+        self, distortion: torch.Tensor, generator: torch.Tensor, last_layer: torch.Tensor | None
+    ) -> torch.Tensor:
         """LDM balances the GAN term by the ratio of gradient norms at the decoder's last layer."""
         if last_layer is None or not torch.is_grad_enabled():
             return torch.tensor(self.config.disc_weight, device=generator.device)

@@ -117,7 +117,8 @@ class DecoderFinetune(TeacherObjective):
     def prepare(self, vae: ScratchVAE) -> None:
         teacher_weights = self.teacher.state_dict()
         if self.config.decoder_init == "random":  # keep the fresh decoder, take only the encoder side
-            teacher_weights = {k: v for k, v in teacher_weights.items() if not k.startswith(("decoder.", "post_quant_conv."))}
+            teacher_weights = {k: v for k, v in teacher_weights.items()
+                               if not k.startswith(("decoder.", "post_quant_conv."))}
         vae.load_state_dict(teacher_weights, strict=False)
         vae.encoder.requires_grad_(False)
         if vae.quant_conv is not None:
@@ -142,7 +143,8 @@ class Distill(TeacherObjective):
         student = ScratchVAE(**self.config.model).config
         for key in ("latent_channels", "in_channels", "out_channels"):
             if student[key] != self.teacher_config[key]:
-                raise ValueError(f"the student's {key}={student[key]} must equal the teacher's {self.teacher_config[key]}")
+                raise ValueError(f"the student's {key}={student[key]} "
+                                 f"must equal the teacher's {self.teacher_config[key]}")
         if len(student["block_out_channels"]) != len(self.teacher_config["block_out_channels"]):
             raise ValueError(
                 f"the student has {len(student['block_out_channels'])} levels, the teacher "
@@ -156,7 +158,8 @@ class Distill(TeacherObjective):
         reconstruction, mean, logvar = model(images, latents=teacher_latents)
         terms = self.loss.image_terms(images, reconstruction, step, last_layer)
         # squared relative error of the means: scale-free, and exactly the reported metric squared
-        terms["latent"] = (mean - teacher_mean).square().sum() / (teacher_mean - self.shift).square().sum().clamp_min(1e-12)
+        terms["latent"] = ((mean - teacher_mean).square().sum()
+                           / (teacher_mean - self.shift).square().sum().clamp_min(1e-12))
         # the log-variance matters too: pipelines sample the posterior (img2img's retrieve_latents)
         terms["logvar"] = (logvar - teacher_logvar.clamp(*LOGVAR_RANGE)).square().mean()
         terms["total"] = terms["image_total"] + self.config.latent_weight * (terms["latent"] + 0.01 * terms["logvar"])

@@ -19,7 +19,8 @@ FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch has the single-kernel AdamW
 
 def _schedule(config: TrainConfig, optimizer: torch.optim.Optimizer):
     # stepped by hand once per optimizer step (accelerate would step it once per process)
-    return get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+    return get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                         num_training_steps=config.steps)
 
 
 def _set_peak(scheduler, peak: float) -> None:
@@ -61,7 +62,8 @@ class Optimisation:
         """After an optimizer step: the schedules one step on, the weight average updated."""
         self.scheduler.step()
         if self.disc_scheduler is not None:
-            with warnings.catch_warnings():  # before disc_start its optimizer has not stepped: the schedule still goes on
+            # before disc_start its optimizer has not stepped: the schedule still goes on
+            with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 self.disc_scheduler.step()
         if self.ema is not None:

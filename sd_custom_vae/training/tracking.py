@@ -65,7 +65,8 @@ class Tracker:
             mode = os.environ.get("WANDB_MODE") or ("online" if self._wandb_account() else "offline")
             self.folder.mkdir(parents=True, exist_ok=True)
             trackers.append(WandBTracker(run.name, dir=str(self.folder), mode=mode, name=run.name))
-            self.where.append(f"wandb: {mode}" + (f", upload with `wandb sync {self.folder / 'wandb'}`" if mode == "offline" else ""))
+            self.where.append(f"wandb: {mode}"
+                              + (f", upload with `wandb sync {self.folder / 'wandb'}`" if mode == "offline" else ""))
         accelerator.log_with = trackers
         accelerator.trackers = []
         accelerator.init_trackers(run.name, config=_hyperparameters(config))

@@ -182,7 +182,8 @@ class Trainer:
             if self.loss.adversarial_active(self.step):
                 terms.update(adversary.update(images, output.reconstruction, a))
             for name, value in terms.items():
-                logged[name] = logged.get(name, 0.0) + float(torch.as_tensor(value).detach()) / config.gradient_accumulation
+                logged[name] = (logged.get(name, 0.0)
+                                + float(torch.as_tensor(value).detach()) / config.gradient_accumulation)
         self.optimisation.advance()
         self.step += 1
         return logged
@@ -224,7 +225,8 @@ class Trainer:
             self._plain_model().load_state_dict(weights)
         except RuntimeError as error:
             raise ValueError(
-                f"{folder} holds another architecture than this run's configuration ({str(error).splitlines()[-1].strip()}); "
+                f"{folder} holds another architecture than this run's configuration "
+                f"({str(error).splitlines()[-1].strip()}); "
                 "resume with the run's own settings (leave --config out)"
             ) from None
         state = files[checkpoints.STATE]
@@ -278,7 +280,8 @@ class Trainer:
             self.elapsed = time.perf_counter() - started
             images = self.feed.batch_size * config.gradient_accumulation * a.num_processes
             self.history.append({"step": self.step, "lr": self.optimisation.learning_rate, **terms})
-            self.tracker.log({**{f"train/{k}": v for k, v in terms.items()}, "train/lr": self.optimisation.learning_rate,
+            self.tracker.log({**{f"train/{k}": v for k, v in terms.items()},
+                              "train/lr": self.optimisation.learning_rate,
                               "train/images_per_s": images / seconds}, self.step)
             bar.update(1)
             postfix = {"loss": f"{terms['total']:.4f}", "rec": f"{terms['reconstruction']:.4f}"}
@@ -293,7 +296,8 @@ class Trainer:
                 self.save_state()
         bar.close()
         if a.is_main_process:
-            if not self.validation.history or self.validation.history[-1]["step"] != self.step:  # resumed a finished run
+            # resumed a finished run
+            if not self.validation.history or self.validation.history[-1]["step"] != self.step:
                 metrics = self._validate(final=True)
             self._export(metrics)
         a.wait_for_everyone()
@@ -304,7 +308,8 @@ class Trainer:
     def _export(self, metrics: dict) -> None:
         config = self.config
         with self.optimisation.averaged():
-            model = export.as_pipeline_model(self._plain_model(), self.objective, config, self.data_options, self.progress)
+            model = export.as_pipeline_model(self._plain_model(), self.objective, config, self.data_options,
+                                             self.progress)
         checkpoints.check_sane(model, self.step, self.last_checkpoint)
         summary = {
             **{k: v for k, v in metrics.items() if k != "step"},

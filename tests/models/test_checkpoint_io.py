@@ -10,18 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import TINY, stock_autoencoder_kl, tiny_vae
+from factories import TINY, stock_autoencoder_kl
 from safetensors.torch import load_file, save_file
 
 import conversion
 from conversion import convert_state_dict
 from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.cli import main
-
-
-@pytest.fixture
-def vae():
-    return tiny_vae()
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

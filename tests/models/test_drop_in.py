@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
-from factories import TINY, stock_autoencoder_kl, tiny_vae
+from factories import TINY, reconstruct, stock_autoencoder_kl
 from safetensors.torch import load_file, save_file
 
 import conversion
@@ -22,21 +22,6 @@ from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.network import AttentionBlockProcessor, NearestUpsampleConv2d
 
 LAYERS = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm)
-
-
-@pytest.fixture
-def vae():
-    return tiny_vae()
-
-
-@pytest.fixture
-def image():
-    return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-
-
-def reconstruct(model, image):
-    with torch.no_grad():
-        return model(image).sample
 
 
 # -- hooks: every parameter is used by calling its own module ---------------------------------------

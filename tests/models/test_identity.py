@@ -11,28 +11,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from factories import TINY, stock_autoencoder_kl, tiny_vae
+from factories import TINY, reconstruct, stock_autoencoder_kl, tiny_vae
 from peft import LoraConfig
 
 DIFFUSERS = Path(diffusers.__file__).parent
 # diffusers' network code: none of it may run inside our model
 NETWORK_FILES = {"models/resnet.py", "models/attention_processor.py", "models/upsampling.py", "models/downsampling.py",
                  "models/unets/unet_2d_blocks.py", "models/normalization.py", "models/activations.py"}
-
-
-@pytest.fixture
-def vae():
-    return tiny_vae()
-
-
-@pytest.fixture
-def image():
-    return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-
-
-def reconstruct(model, image):
-    with torch.no_grad():
-        return model(image).sample
 
 
 def test_it_is_an_autoencoder_kl_holding_no_diffusers_module(vae):
