@@ -34,7 +34,8 @@ def test_distill_student_example_distils_and_generates(tmp_path, capsys):
     teacher = tmp_path / "teacher"
     # The student preset validates at 256 px: a narrow three-level teacher without mid-block attention keeps
     # the teacher's share of that cheap (the two-level test VAE's latents would be 128²)
-    tiny_vae(scaling_factor=0.7, mid_block_add_attention=False, block_out_channels=(16, 32, 32)).save_pretrained(teacher)
+    narrow = tiny_vae(scaling_factor=0.7, mid_block_add_attention=False, block_out_channels=(16, 32, 32))
+    narrow.save_pretrained(teacher)
     pipeline = tmp_path / "sd"
     tiny_sd_pipeline(tiny_vae(seed=1, scaling_factor=0.7), tmp_path / "tokenizer").save_pretrained(pipeline)
 
