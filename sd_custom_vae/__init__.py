@@ -7,6 +7,10 @@ package of its own, sits on the network. The names below load on first use: ``im
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 
 __version__ = "0.3.0"
 
@@ -32,3 +36,28 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted([*globals(), *_EXPORTS])
+
+
+# Module paths that 0.2's README and examples imported from, before the package was laid out by layer
+MOVED_MODULES = {"pipeline": "models.pipeline", "loading": "models.loading", "train_config": "training"}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import sd_custom_vae.pipeline`` gives the module that holds its names now, with a warning."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, old = fullname.rpartition(".")
+        return importlib.util.spec_from_loader(fullname, self) if package == __name__ and old in MOVED_MODULES else None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        new = f"{__name__}.{MOVED_MODULES[module.__name__.rpartition('.')[2]]}"
+        warnings.warn(f"{module.__name__} is {new} since 0.3: import from there", FutureWarning, stacklevel=2)
+        # a module that puts another in its place in sys.modules is what its importer receives
+        sys.modules[module.__name__] = importlib.import_module(new)
+
+
+if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModules())

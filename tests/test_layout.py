@@ -6,7 +6,11 @@ root (``__init__``, ``__main__``, the public ``autoencoder_kl`` module) sits abo
 """
 
 import ast
+import importlib
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parents[1]
 PACKAGES = ("sd_custom_vae", "conversion")
@@ -102,3 +106,17 @@ def test_no_import_cycle_even_through_imports_inside_functions():
 def test_no_module_is_longer_than_a_reader_can_hold():
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+
+def test_the_module_paths_0_2_documented_still_import_with_a_warning(monkeypatch):
+    from sd_custom_vae import MOVED_MODULES
+
+    for old, new in MOVED_MODULES.items():
+        monkeypatch.delitem(sys.modules, f"sd_custom_vae.{old}", raising=False)
+        with pytest.warns(FutureWarning, match=f"sd_custom_vae.{old} is sd_custom_vae.{new} since 0.3"):
+            module = importlib.import_module(f"sd_custom_vae.{old}")
+        assert module is importlib.import_module(f"sd_custom_vae.{new}")
+    # 0.2's evaluation module is a package now, with the same names
+    evaluation = importlib.import_module("sd_custom_vae.evaluation")
+    assert callable(evaluation.evaluate_vaes) and callable(evaluation.format_table)
