@@ -5,8 +5,7 @@ import importlib
 
 _EXPORTS = {
     "evaluate_vaes": "quality", "format_table": "quality", "Report": "quality", "reconstruction_quality": "quality",
-    "teacher_agreement": "quality", "calibrate": "calibrate", "Calibration": "calibrate", "psnr": "metrics",
-    "ssim": "metrics",
+    "teacher_agreement": "quality", "Calibration": "calibrate", "psnr": "metrics", "ssim": "metrics",
 }
 __all__ = list(_EXPORTS)
 
