@@ -108,7 +108,6 @@ def test_no_module_is_longer_than_a_reader_can_hold():
     assert long == {}
 
 
-
 def test_the_module_paths_0_2_documented_still_import_with_a_warning(monkeypatch):
     from sd_custom_vae import MOVED_MODULES
 

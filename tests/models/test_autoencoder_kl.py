@@ -7,14 +7,9 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
-from factories import TINY, stock_autoencoder_kl, tiny_vae
+from factories import TINY, stock_autoencoder_kl
 
 from sd_custom_vae import CustomAutoencoderKL, ScratchVAE
-
-
-@pytest.fixture
-def vae():
-    return tiny_vae()
 
 
 @pytest.fixture
