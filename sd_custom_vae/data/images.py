@@ -7,7 +7,9 @@ decompression bomb refused like any unreadable file (None: the caller counts and
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,27 +34,44 @@ def as_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(source: str | Path | bytes) -> Image.Image | None:
-    """The image in a file (or in `bytes`) as 8-bit RGB, or None if it is not a readable image (or a bomb)."""
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as image:
-            image.load()
-            return as_rgb(image)
-    except _UNREADABLE:
-        return None
+def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Image | None:
+    """The image in a file (or in `bytes`) as 8-bit RGB, or None if it is not a readable image (or a bomb).
+    Pillow's warnings about it (corrupt EXIF, ...) are passed on naming the file (or `name`)."""
+    in_memory = isinstance(source, (bytes, bytearray))
+    with _naming_warnings(name or ("an image" if in_memory else str(source))):
+        try:
+            with Image.open(io.BytesIO(source) if in_memory else source) as image:
+                image.load()
+                return as_rgb(image)
+        except _UNREADABLE:
+            return None
+
+
+@contextlib.contextmanager
+def _naming_warnings(name: str):
+    """Pillow warns about a damaged photo ("Corrupt EXIF data", "Tag data larger than file") without saying
+    which: in a folder of thousands, the user could not find it. Re-issued with `name` in front."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        warnings.warn(f"{name}: {warning.message}", warning.category, stacklevel=3)
 
 
 def decode_value(value) -> Image.Image | None:
     """An image as 🤗 datasets hands it over (PIL, {"bytes", "path"}, raw bytes or a path) → 8-bit RGB, or None."""
     if isinstance(value, Image.Image):
-        try:
-            return as_rgb(value)
-        except _UNREADABLE:
-            return None
+        with _naming_warnings(getattr(value, "filename", "") or "an image of the dataset"):
+            try:
+                return as_rgb(value)
+            except _UNREADABLE:
+                return None
     if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
+        value, name = value.get("bytes") or value.get("path"), value.get("path")
+    else:
+        name = None
     if isinstance(value, (bytes, bytearray, str)):
-        return read_image(value if not isinstance(value, str) else Path(value))
+        return read_image(value if not isinstance(value, str) else Path(value), name)
     return None
 
 
