@@ -5,13 +5,14 @@
     python benchmarks/train_quality.py --run RUN --wall-s S  # report a run the default command already made
                                                              # (e.g. distill_quality.py's teacher)
 
-Prints the wall time of the whole command, from start-up to the exported model, then `sd-custom-vae eval`
-of the model on the held-out built-in photos: PSNR/SSIM on 64-px and 256-px crops, and rFID (with its image
-count: a few dozen crops make it a rough signal) and LPIPS at 256 px; beside them, the PSNR of plain resizing
-on the same crops (shrunk by the model's downsampling factor, enlarged back): what a VAE has to beat, since
-its latent holds about as many numbers per image; and the PSNR the model's reconstructions would have if the
-colour of each latent pixel's block were exact (its brightness and detail kept): the distance between that and
-the model's PSNR is what it loses in colour. Appends the row to benchmarks/results/train_quality.json.
+Prints the wall time of the whole command, from start-up to the exported model, then `sd-custom-vae eval` of
+the model on the held-out built-in photos, at 256-px and 64-px crops (CROPS_PER_PHOTO places each: the centre,
+towards the corners, then a grid, so that the rFID rests on a few hundred crops): PSNR, SSIM, LPIPS and rFID, for
+the model and, measured the same way on the same crops, for plain resizing (area down by the model's factor,
+bicubic up), which keeps about as many numbers per image as the latent and is what a VAE has to beat. Beside
+them, the PSNR the model's reconstructions would have if the colour of each latent pixel's block were exact (its
+brightness and detail kept): the distance between that and the model's PSNR is what it loses in colour. Appends
+the row to benchmarks/results/train_quality.json.
 """
 
 from __future__ import annotations
@@ -55,65 +56,70 @@ def main() -> None:
 
     metrics = json.loads((output / "metrics.json").read_text())
     config = json.loads((output / "train_config.json").read_text())
-    evals = {size: evaluate(output, size) for size in (64, 256)}
+    evals = {size: evaluate(output, size) for size in SIZES}
     vae = load_vae(output / "model", dtype=torch.float32)
     factor = downsampling_factor(vae.config.block_out_channels)
-    photos = builtin_held_out()
-    for size, table in evals.items():
-        held_out = protocol_crops(photos, "crops", size, per_image=4)  # the crops `evaluate` measured
-        table["resize_psnr"] = resize_psnr(held_out, factor)
-        if size == 256:
-            table["colour_fixed_psnr"] = colour_fixed_psnr(vae, held_out, factor)
+    held_out = protocol_crops(builtin_held_out(), "crops", 256, per_image=CROPS_PER_PHOTO)  # eval's 256-px crops
+    colour_fixed = colour_fixed_psnr(vae, held_out, factor)
     row = {
         "preset": metrics["preset"], "steps": metrics["steps"], "resolution": config["resolution"],
         "final_resolution": config.get("final_resolution"), "learning_rate": config["learning_rate"],
         "seed": config["seed"], "reconstruction": config["reconstruction"], "model": config["model"],
-        "parameters": metrics["parameters"],
+        "init": config.get("init"), "parameters": metrics["parameters"],
         "mixed_precision": metrics.get("mixed_precision"),
         **{f"{key}_{size}": value for size, table in evals.items() for key, value in table.items()},
+        "colour_fixed_psnr_256": colour_fixed,
         "training_s": metrics["wall_time_s"], "wall_s": None if wall is None else round(wall, 1),
         "cpus": os.cpu_count(),
         "extra_args": args.train_args, "run": str(output),
     }
     print(
         f"\npreset {row['preset']}: {row['steps']} steps, {row['parameters'] / 1e6:.2f}M parameters, "
-        f"precision {row['mixed_precision']}\n"
+        f"precision {row['mixed_precision']}, seed {row['seed']}\n"
         f"wall time {'?' if wall is None else f'{wall / 60:.1f}'} min (training loop {row['training_s'] / 60:.1f} min) "
         f"on {row['cpus']} CPUs\n"
-        f"held-out built-in photos, 64-px crops:  PSNR {row['psnr_64']:.2f} dB, SSIM {row['ssim_64']:.3f} "
-        f"({row['crops_64']} crops); resizing ×{factor} down and up: {row['resize_psnr_64']:.2f} dB\n"
-        f"held-out built-in photos, 256-px crops: PSNR {row['psnr_256']:.2f} dB, SSIM {row['ssim_256']:.3f}, "
-        + (f"rFID {row['rfid_256']:.1f} over {row['crops_256']} crops, " if "rfid_256" in row else "")
-        + (f"LPIPS {row.get('lpips_256', row.get('st_lpips_256')):.3f}"
-           if any(k in row for k in ("lpips_256", "st_lpips_256")) else "")
-        + f"; resizing ×{factor} down and up: {row['resize_psnr_256']:.2f} dB"
-        + f"; with the colour of each {factor}×{factor} block exact: {row['colour_fixed_psnr_256']:.2f} dB"
+        f"held-out built-in photos ({evals[256]['images']} photos), {evals[256]['crops']} crops of 256 px and "
+        f"{evals[64]['crops']} of 64 px:\n\n{table(evals)}\n\n"
+        f"with the colour of each {factor}×{factor} block exact, the model's 256-px PSNR would be {colour_fixed:.2f} dB"
         + "".join(f"\n{metric} not measured: {why}" for metric, why in evals[256]["not_measured"].items())
         + f"\nrun folder: {output}"
     )
     append_row("train_quality.json", row)
 
 
+SIZES = (256, 64)
+CROPS_PER_PHOTO = 48
+MEASURES = (("psnr", "PSNR dB", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"), ("lpips", "LPIPS", "{:.3f}"),
+            ("rfid", "rFID", "{:.1f}"))
+
+
 def evaluate(run: Path, size: int) -> dict:
-    """`sd-custom-vae eval` of the run's model on the held-out built-in photos at `size` px (4 crops per photo)."""
+    """`sd-custom-vae eval` of the run's model on the held-out built-in photos at `size` px: the model's measures
+    and resizing's (eval's second row), each as {measure: value}."""
     folder = run.parent / f"eval-{size}"
-    metrics = "psnr,ssim" if size < 256 else None  # rFID and LPIPS at 256 px (all that is installed)
     command = [sys.executable, "-m", "sd_custom_vae", "eval", str(run / "model"), "--resolution", str(size),
-               "--crops-per-image", "4", "--output", str(folder), "--overwrite",
-               *(["--metrics", metrics] if metrics else [])]
+               "--crops-per-image", str(CROPS_PER_PHOTO), "--output", str(folder), "--overwrite"]
     subprocess.run(command, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     table = json.loads((folder / "eval.json").read_text())
-    vae = table["vaes"][0]
-    keys = ("psnr", "ssim", "rfid", "lpips", "st_lpips")
-    return {"crops": table["crops"], "not_measured": table.get("not_measured", {}),
-            **{key: vae[key] for key in keys if key in vae}}
+    model, resizing = table["vaes"]
+
+    def measures(vae: dict) -> dict:
+        # LPIPS is ST-LPIPS where the original is not installed: one column, named as eval names it
+        distance = {"lpips": vae.get("lpips", vae.get("st_lpips"))}
+        return {key: vae[key] for key in ("psnr", "ssim", "rfid") if key in vae} | distance
+
+    return {"crops": table["crops"], "images": table["images"], "not_measured": table.get("not_measured", {}),
+            **measures(model), **{f"resize_{key}": value for key, value in measures(resizing).items()}}
 
 
-def resize_psnr(held_out: torch.Tensor, factor: int) -> float:
-    """PSNR of the crops `held_out` shrunk `factor`× (area average) and enlarged back (bicubic)."""
-    small = F.interpolate(held_out, scale_factor=1 / factor, mode="area")
-    resized = F.interpolate(small, scale_factor=factor, mode="bicubic").clamp(-1, 1)
-    return psnr(resized, held_out).mean().item()
+def table(evals: dict) -> str:
+    """Markdown: the model and resizing, every measure at every size."""
+    header = ["", *(f"{name} {size}" for size in SIZES for _, name, _ in MEASURES)]
+    rows = [header, ["---"] * len(header)]
+    for label, prefix in (("ours", ""), ("resizing", "resize_")):
+        rows.append([label, *(form.format(evals[size][prefix + key]) if evals[size].get(prefix + key) is not None
+                              else "—" for size in SIZES for key, _, form in MEASURES)])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 # BT.601 luma weights (YCbCr's first row). An offset along (1, 1, 1) changes only the luma Y, so an RGB error minus

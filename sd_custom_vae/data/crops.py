@@ -66,17 +66,26 @@ class RandomCrops(torch.utils.data.Dataset):
 _EVAL_SPOTS = [(0.5, 0.5), (0.15, 0.15), (0.85, 0.85), (0.85, 0.15), (0.15, 0.85)]
 
 
+def evaluation_spots(per_image: int) -> list[tuple[float, float]]:
+    """`per_image` places for crops, as fractions of the free space: the five spots above, then an even grid
+    over the whole image (enough crops for an rFID from a few photos)."""
+    side = math.ceil(math.sqrt(max(per_image - len(_EVAL_SPOTS), 0)))
+    grid = [((i + 0.5) / side, (j + 0.5) / side) for j in range(side) for i in range(side)]
+    return (_EVAL_SPOTS + grid)[:per_image]
+
+
 def evaluation_crops(images: list[Image.Image], resolution: int, per_image: int = 4) -> torch.Tensor:
-    """Fixed crops for evaluation: each image's centre crop, then crops towards its corners.
+    """Fixed crops for evaluation: each image's centre crop, then crops towards its corners, then a grid.
 
     (N, 3, resolution, resolution) in [-1, 1], the same for every run, ordered round-robin
     (every image's first crop, then every image's second, ...) so that the first few show every photo.
+    A place that falls on a crop already taken (a small image) is not measured twice.
     """
     per_photo = []
     for image in images:
         width, height = image.size
         positions = [(round((width - resolution) * fx), round((height - resolution) * fy))
-                     for fx, fy in _EVAL_SPOTS[:per_image]]
+                     for fx, fy in evaluation_spots(per_image)]
         per_photo.append([image.crop((x, y, x + resolution, y + resolution)) for x, y in dict.fromkeys(positions)])
     crops = [to_tensor(photo[i]) for i in range(per_image) for photo in per_photo if i < len(photo)]
     return torch.stack(crops)

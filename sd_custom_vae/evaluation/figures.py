@@ -57,13 +57,18 @@ def error_map(originals: torch.Tensor, reconstructions: torch.Tensor, full_scale
     return colored * 2 - 1
 
 
-def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, columns: int = 6) -> Image.Image:
-    """What a person checks first: originals, reconstructions, a zoomed detail of each (original | reconstruction)
-    and where the error is, one held-out image per column."""
-    originals, reconstructions = originals[:columns].float().cpu(), reconstructions[:columns].float().cpu()
-    side = originals.shape[-1] // 4  # the detail: a quarter of the width, shown at twice its size, both halves
-    zoom = torch.cat([detail(originals, side), detail(reconstructions, side)], dim=-1)
+def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, resized: torch.Tensor,
+                          columns: int = 6) -> Image.Image:
+    """What a person checks first: originals, the VAE's reconstructions, the same images resized (what a VAE has
+    to beat), a zoomed detail of each (original | VAE | resized) and where each one's error is, one held-out image
+    per column."""
+    originals, reconstructions, resized = (images[:columns].float().cpu()
+                                           for images in (originals, reconstructions, resized))
+    side = originals.shape[-1] // 4  # the detail: a quarter of the width at twice its size, three side by side
+    zoom = torch.cat([detail(images, side) for images in (originals, reconstructions, resized)], dim=-1)
     zoom = torch.nn.functional.interpolate(zoom, size=originals.shape[-2:], mode="nearest")
-    rows = [originals, reconstructions, zoom, error_map(originals, reconstructions)]
-    labels = ["original", "reconstruction", "detail: orig | rec", "error (0 to 0.25)"]
+    rows = [originals, reconstructions, resized, zoom, error_map(originals, reconstructions),
+            error_map(originals, resized)]
+    labels = ["original", "VAE", "resized", "detail: orig | VAE | resized", "VAE error (0 to 0.25)",
+              "resized error"]
     return grid(rows, labels, max_columns=columns)

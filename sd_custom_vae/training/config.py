@@ -56,6 +56,8 @@ class TrainConfig:
     latent_weight: float = setting(1.0, "distill: weight of matching the teacher's latents", at_least=0.0)
     # -- the network: ScratchVAE keywords (taken from the teacher in decoder-finetune) --
     model: dict = setting({}, "ScratchVAE keywords (block_out_channels, layers_per_block, ...)", flag=False)
+    init: str = setting("random", "--mode new: start from random weights, or from weights that compute resizing "
+                        "(area down, nearest up: training/initialisation.py)", choices=("random", "resizing"))
     # -- data --
     data: str | None = setting(
         None, "image folder, 🤗 dataset (Hub ORG/NAME, save_to_disk folder, parquet/arrow files) or WebDataset "
@@ -74,6 +76,10 @@ class TrainConfig:
         "0: off", at_least=0,
     )
     final_fraction: float = setting(0.2, "share of the steps trained at --final-resolution", above=0.0, below=1.0)
+    final_batch_size: int | None = setting(
+        None, "images per micro-step at --final-resolution (default: as many pixels as --batch-size, at least 1)",
+        at_least=1,
+    )
     min_crop_scale: float = setting(
         1.0, "show each training image at a random scale between this and 1: crops up to --resolution/this px wide, "
         "shrunk to --resolution (1 = native scale only)", above=0.0, at_most=1.0,
@@ -106,7 +112,11 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the model (the compile time is reported apart)")
     seed: int = setting(0, "every random draw (crops, noise, initial weights) follows from it", at_least=0)
     # -- losses --
-    reconstruction: str = setting("mse", "reconstruction loss: mse (the course's) or l1 (LDM's)", choices=("mse", "l1"))
+    reconstruction: str = setting(
+        "mse", "reconstruction loss: mse (the course's), l1 (LDM's), or psnr (minus each image's PSNR, averaged as "
+        "evaluation averages it: a smooth image's small error counts as much as a detailed one's large error)",
+        choices=("mse", "l1", "psnr"),
+    )
     beta: float = setting(1e-6, "KL weight (see --kl-reduction)", at_least=0.0)
     # "ldm": LDM's objective divided by the number of pixel values, so beta=1e-6 is LDM's kl_weight;
     # "sum": the course's  MSE(mean) + beta * KL summed over the batch, where its default beta is 2.5e-4.
@@ -114,6 +124,7 @@ class TrainConfig:
                                 "sum: over the batch, as the course",
                                 choices=("ldm", "sum"), renamed={"course": "sum"})
     perceptual_weight: float = setting(0.0, "ST-LPIPS weight (0 = off)", at_least=0.0)
+    perceptual_start: int = setting(0, "step at which the perceptual term starts", at_least=0)
     colour_weight: float = setting(
         0.0, "--mode new: weight of asking the latent means to hold each latent pixel's colour linearly, as SD's "
         "do (0 = off)",
@@ -168,6 +179,9 @@ class TrainConfig:
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
                                       for b in betas):
             raise ValueError(f"option adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.99]; got {list(betas)!r}")
+        if self.init != "random" and self.mode != "new":
+            raise ValueError(f"option init (--init) {self.init} starts a new latent space: it applies to --mode new, "
+                             f"not {self.mode} (which starts from --teacher)")
         if self.final_resolution and self.final_resolution <= self.resolution:
             raise ValueError(f"option final_resolution (--final-resolution) "
                              f"must be 0 (off) or larger than --resolution "

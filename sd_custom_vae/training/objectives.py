@@ -22,6 +22,7 @@ from ..models import CustomAutoencoderKL, ScratchVAE, load_vae
 from ..models.latent_space import inherited
 from ..network import LOGVAR_RANGE, reparameterize
 from .config import TrainConfig
+from .initialisation import start_as_resizing
 from .losses import VAELoss
 
 
@@ -81,6 +82,10 @@ class NewLatentSpace(Objective):
     """A new VAE with a latent space of its own: the course's objective, reconstruction + β·KL."""
 
     mode = "new"
+
+    def prepare(self, vae: ScratchVAE) -> None:
+        if self.config.init == "resizing":
+            start_as_resizing(vae)
 
     def terms(self, model, images: torch.Tensor, step: int, noise: torch.Generator, last_layer) -> StepOutput:
         reconstruction, mean, logvar = model(images, generator=noise)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation.figures import grid, reconstruction_figure, save_png
-from ..evaluation.quality import reconstruction_quality
+from ..evaluation.quality import Resizing, decode, encode_mean, reconstruction_quality
 from ..models.run_layout import RECONSTRUCTIONS, SAMPLES_DIR
 from .objectives import Objective
 from .tracking import Tracker
@@ -30,7 +30,9 @@ class Validation:
         picture = grid([self.crops, reconstructions], labels=["original", f"step {step}"])
         self.tracker.log_image("validation/reconstructions", picture, step)
         if final:
-            save_png(reconstruction_figure(self.crops, reconstructions), self.output / RECONSTRUCTIONS)
+            resizing = Resizing(model.downsampling_factor)
+            resized = decode(resizing, encode_mean(resizing, self.crops)).clamp(-1, 1)
+            save_png(reconstruction_figure(self.crops, reconstructions, resized), self.output / RECONSTRUCTIONS)
         elif sample:
             save_png(picture, self.output / SAMPLES_DIR / f"step-{step:06d}.png")
         return metrics
