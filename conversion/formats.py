@@ -37,6 +37,8 @@ def read_checkpoint(path: str | os.PathLike, variant: str | None = None) -> tupl
         raise FileNotFoundError(f"no such checkpoint file or folder: {path}")
     if path.is_dir():
         return _read_folder(path, variant)
+    if not path.is_file():  # reading a named pipe would wait forever, a device read without end
+        raise ValueError(f"{path} is not a regular file (a named pipe, a socket or a device): give a checkpoint file")
     # The content decides (a safetensors file renamed .ckpt is still safetensors); the suffix only says
     # what a file of neither kind was meant to be, for the error.
     kind = sniff(path) or {".safetensors": "safetensors", **dict.fromkeys(PICKLE_SUFFIXES, "pickle")}.get(path.suffix)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from pathlib import Path
 
 
 def _flag_type(annotation) -> type:
@@ -65,14 +64,13 @@ def resolve_config(args: argparse.Namespace):
     """The run's TrainConfig: the preset or file, then the flags given. Resuming starts from the run's saved
     configuration instead (unless --config names another, which must then describe the same network)."""
     from ..models.run_layout import TRAIN_CONFIG
-    from ..training.checkpoints import STATE
+    from ..training.checkpoints import resumed_run
     from ..training.presets import load_config, read_config_file
 
     overrides = {name: getattr(args, name) for name in args.config_fields if getattr(args, name, None) is not None}
     if not args.resume:
         return load_config(args.config, **overrides)
-    run = Path(args.output if args.resume is True else args.resume)
-    run = run.parent.parent if (run / STATE).exists() else run  # a checkpoint folder: its run
+    run = resumed_run(args.resume, args.output)
     overrides.setdefault("output", str(run))
     if args.config is not None:
         return load_config(args.config, **overrides)
@@ -86,10 +84,6 @@ def resolve_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import train
 
-    if args.resume is True and not args.output:
-        raise ValueError("--resume without a folder needs --output RUN")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
     config = resolve_config(args)
     result = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     metrics = result.metrics

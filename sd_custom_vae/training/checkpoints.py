@@ -110,6 +110,14 @@ def checkpoints(run: Path) -> list[Path]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def resumed_run(resume: str | Path | bool, output: str | Path | None) -> Path:
+    """The run folder ``--resume`` names: `resume` itself, the run of a checkpoint folder, or (True) `output`."""
+    if resume is True and output is None:
+        raise ValueError("--resume without a folder needs --output RUN")
+    where = Path(output if resume is True else resume)
+    return where.parent.parent if (where / STATE).exists() else where
+
+
 def resume_candidates(where: Path) -> list[Path]:
     """A checkpoint folder as given, or a run's checkpoints newest first."""
     if (where / STATE).exists():

@@ -96,7 +96,8 @@ class Trainer:
         config = config.replace(data=absolute(config.data), teacher=absolute(config.teacher))
         self.accelerator = a = accelerator or make_accelerator(config)
         self.progress = progress
-        folder = RunFolder(config.output, config.preset, bool(resume), overwrite)
+        resumed = checkpoints.resumed_run(resume, config.output) if resume else None
+        folder = RunFolder(config.output, config.preset, bool(resume), overwrite, resumed)
         _on_main(a, lambda: folder.check(config.data, config.teacher))  # refusals that need nothing read
 
         # Everything the run needs is read and checked before its folder is touched.
@@ -132,17 +133,22 @@ class Trainer:
         if self.loss.adversary is not None:
             self.loss.adversary.prepare(a)
 
-        self.folder = folder
-        self.output = _on_main(a, folder.claim)  # now, and only now, the folder is created, locked or replaced
         self.step, self.elapsed, self.compile_s = 0, 0.0, 0.0
         self.history: list[dict] = []
+        self.val_history: list[dict] = []
         self.last_checkpoint: Path | None = None
+        where = folder.path if resume is True else Path(resume) if resume else None
+        if folder.forked_from is not None:  # continued into another folder: read it before that one is claimed
+            checkpoints.load_newest_intact(checkpoints.resume_candidates(where), self._load_state)
+
+        self.folder = folder
+        self.output = _on_main(a, folder.claim)  # now, and only now, the folder is created, locked or replaced
         try:
+            if where is not None and folder.forked_from is None:  # under the lock: no other run writes it now
+                checkpoints.load_newest_intact(checkpoints.resume_candidates(where), self._load_state)
             self.tracker = Tracker(a, config, self.output)
             self.validation = Validation(self.data.val_crops, self.objective, self.output, self.tracker)
-            if resume:
-                where = self.output if resume is True else Path(resume)
-                checkpoints.load_newest_intact(checkpoints.resume_candidates(where), self._load_state)
+            self.validation.history = self.val_history
         except BaseException:
             folder.release()  # the run never started: the folder is free again
             raise
@@ -238,7 +244,7 @@ class Trainer:
             )
         self.optimisation.load_state(files, self.accelerator, folder)
         self.step, self.elapsed = state["step"], state["elapsed"]
-        self.history, self.validation.history = state["history"], state["val_history"]
+        self.history, self.val_history = state["history"], state["val_history"]
         self.last_checkpoint = folder
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -114,3 +114,109 @@ def test_a_full_disk_inside_the_safetensors_writer_says_so(tmp_path, capsys, mon
     fails(["convert", str(tmp_path / "in.safetensors"), str(tmp_path / "o.safetensors"), "--to", "ldm",
            "--norm-num-groups", "8"], capsys, "disk full", code=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "symlink"])
+def test_a_special_file_or_a_link_is_never_replaced_or_written_through(tmp_path, capsys, kind):
+    import os
+    import socket
+
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mine.txt").write_text("the user's file")
+    listeners = []
+    said = {"fifo": "a named pipe", "socket": "a socket", "symlink": "a symbolic link"}[kind]
+    # a file output (--to ldm), and a folder output (--to diffusers, a folder swap)
+    for out, to in ((tmp_path / "out.safetensors", "ldm"), (tmp_path / "out", "diffusers")):
+        if kind == "fifo":
+            os.mkfifo(out)
+        elif kind == "socket":
+            listeners.append(socket.socket(socket.AF_UNIX))
+            listeners[-1].bind(str(out))
+        else:
+            out.symlink_to(elsewhere / "mine.txt" if to == "ldm" else elsewhere)
+        before = os.lstat(out)
+        fails(["convert", str(tmp_path / "vae"), str(out), "--to", to, "--overwrite"], capsys, f"{out} is {said}")
+        after = os.lstat(out)
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert [p.name for p in elsewhere.iterdir()] == ["mine.txt"]
+    assert (elsewhere / "mine.txt").read_text() == "the user's file"
+    for listener in listeners:
+        listener.close()
+
+
+def test_a_named_pipe_as_input_is_refused_not_read(tmp_path, capsys):
+    import os
+
+    os.mkfifo(tmp_path / "in.safetensors")  # reading it would wait forever
+    fails(["convert", str(tmp_path / "in.safetensors"), str(tmp_path / "out"), "--to", "diffusers"], capsys,
+          "is not a regular file (a named pipe")
+
+
+def _old_and_new(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    return out
+
+
+def test_a_folder_swap_is_one_step_where_the_system_can(tmp_path, monkeypatch):
+    out = _old_and_new(tmp_path)
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir(), probe_b.mkdir()
+    if not conversion.files.exchange(probe_a, probe_b):
+        pytest.skip("this file system cannot exchange two paths in one step")
+    monkeypatch.setattr(conversion.files.os, "rename", lambda *a: pytest.fail("two renames where one exchange does"))
+    with conversion.atomic_folder(out, overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
+
+
+def test_ctrl_c_between_the_two_renames_of_a_folder_swap_waits_for_the_second(tmp_path, monkeypatch):
+    """Where one exchange is not possible: a Ctrl-C after the first rename acts only once the new folder is in place,
+    so `out` is never found only inside a hidden `.out.*.old` folder."""
+    import os
+    import signal
+
+    out = _old_and_new(tmp_path)
+    monkeypatch.setattr(conversion.files, "exchange", lambda a, b: False)
+    real_rename = os.rename
+    renames = []
+
+    def rename(source, target):
+        real_rename(source, target)
+        renames.append(target)
+        if len(renames) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, now: between the two renames
+
+    monkeypatch.setattr(conversion.files.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        with conversion.atomic_folder(out, overwrite=True) as staging:
+            (staging / "new.txt").write_text("new")
+    assert len(renames) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing hidden left behind
+
+
+def test_a_failed_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    import os
+
+    out = _old_and_new(tmp_path)
+    monkeypatch.setattr(conversion.files, "exchange", lambda a, b: False)
+    real_rename = os.rename
+    renames = []
+
+    def rename(source, target):
+        renames.append(target)
+        if len(renames) == 2:
+            raise OSError(errno.EIO, "I/O error")
+        real_rename(source, target)
+
+    monkeypatch.setattr(conversion.files.os, "rename", rename)
+    with pytest.raises(OSError, match="I/O error"):
+        with conversion.atomic_folder(out, overwrite=True) as staging:
+            (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

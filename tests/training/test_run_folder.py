@@ -144,3 +144,124 @@ def test_the_discriminator_has_its_own_learning_rate_and_follows_the_schedule(ph
 def test_bad_adam_betas_are_named(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("adam_betas: [0.9, 1.5]\n")
     fails(["train", "--config", str(tmp_path / "c.yaml")], capsys, "adam_betas must be two numbers in [0, 1)")
+
+
+def test_overwrite_refuses_an_output_that_holds_the_data_through_a_symlink(photos, tmp_path, capsys):
+    """`--data RUN/photos`, photos a symlink to the images elsewhere: deleting RUN would take the data's name with it
+    (the run then fails when it reads the images again), so RUN is never replaced."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "old.txt").write_text("an earlier run")
+    (run / "photos").symlink_to(photos, target_is_directory=True)
+    before = digest(run)
+    fails(train_flags(run / "photos", run, "--overwrite"), capsys, f"--output {run} holds --data",
+          "--overwrite would delete it")
+    assert digest(run) == before and (run / "photos").is_symlink()
+
+
+def _fake_run(folder, photos):
+    import conversion
+    from sd_custom_vae.training import load_config
+
+    folder.mkdir(parents=True)
+    config = load_config("tiny", data=str(photos), output=str(folder), resolution=32, eval_resolution=32)
+    conversion.write_json(config.to_dict(), folder / TRAIN_CONFIG)
+    (folder / "metrics.json").write_text('{"psnr": 20.0}')
+
+
+def test_resuming_into_another_runs_folder_is_refused(photos, tmp_path, capsys):
+    first, other = tmp_path / "a", tmp_path / "b"
+    _fake_run(first, photos)
+    _fake_run(other, photos)
+    before = digest(other)
+    fails(["train", "--no-progress", "--resume", str(first), "--output", str(other), "--steps", "4"], capsys,
+          f"--output {other} already holds files", f"--resume {first} would write into it", "--overwrite")
+    assert digest(other) == before and not (other / LOCK).exists()
+    # --overwrite of a folder that holds the resumed run would delete what it resumes
+    fails(["train", "--no-progress", "--resume", str(first), "--output", str(tmp_path), "--overwrite"], capsys,
+          f"--output {tmp_path} holds --resume {first}")
+    fails(["train", "--no-progress", "--resume", str(first), "--overwrite"], capsys, "give one of them")
+    assert digest(other) == before and (first / TRAIN_CONFIG).is_file()
+
+
+def test_a_run_continued_into_a_new_folder_leaves_its_own_alone(photos, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(train_flags(photos, first)) == 0
+    before = digest(first)
+    assert main(["train", "--no-progress", "--resume", str(first), "--output", str(second), "--steps", "4",
+                 "--checkpoint-every", "2"]) == 0
+    assert digest(first) == before
+    assert [p.name for p in checkpoints.checkpoints(second)] == ["step-000004"]
+    assert json.loads((second / TRAIN_CONFIG).read_text())["output"] == str(second)
+
+
+def test_a_held_lock_is_never_taken_over_whatever_it_says(tmp_path):
+    """The lock's file names a dead process, but a live run holds its flock: a second run is refused."""
+    holder, second = (RunFolder(str(tmp_path / "run"), "tiny", False, False) for _ in range(2))
+    holder.claim()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "run" / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout)}))
+    with pytest.raises(FileExistsError, match="in use by another training run"):
+        second.claim()
+    holder.release()
+    assert not (tmp_path / "run" / LOCK).exists()
+
+
+def test_a_lock_released_while_another_run_waits_for_it_is_not_shared(tmp_path, monkeypatch):
+    """B opens the lock; before B's flock, A ends (removing the file) and C claims a new one: B's flock then holds a
+    file that is no longer the lock, so B must look again and be refused, not train beside C."""
+    from sd_custom_vae.training import run_folder
+
+    a, b, c = (RunFolder(str(tmp_path / "run"), "tiny", False, False) for _ in range(3))
+    a.claim()
+    real_flock = run_folder.fcntl.flock
+    interleaved = []
+
+    def flock(fd, operation):
+        if not interleaved:
+            interleaved.append(fd)
+            a.release()
+            c.claim()
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", flock)
+    with pytest.raises(FileExistsError, match="in use by another training run"):
+        b.claim()
+    assert c.locked and not b.locked
+    c.release()
+
+
+CLAIM = """
+import sys, time, warnings
+from pathlib import Path
+from sd_custom_vae.training.run_folder import RunFolder
+go = Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+folder = RunFolder(sys.argv[1], "tiny", True, False)
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder.claim()
+except FileExistsError:
+    print("refused")
+else:
+    print("claimed")
+    time.sleep(2)
+    folder.release()
+"""
+
+
+def test_resumes_of_one_crashed_run_started_together_one_takes_over(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout)}))
+    go = tmp_path / "go"
+    resumes = [subprocess.Popen([sys.executable, "-c", CLAIM, str(run), str(go)], stdout=subprocess.PIPE, text=True)
+               for _ in range(4)]
+    assert [p.stdout.readline().strip() for p in resumes] == ["ready"] * 4  # all waiting: then all at once
+    go.touch()
+    said = sorted(p.communicate(timeout=120)[0].strip() for p in resumes)
+    assert said == ["claimed", "refused", "refused", "refused"]
