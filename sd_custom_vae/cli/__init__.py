@@ -2,8 +2,8 @@
 
 Whatever goes wrong reaches the user as one line (what is wrong, where, what to do) and an exit
 code: 2 for bad input, 1 for a failure outside it (the Hub, the disk, a bug), 130 for Ctrl-C, 143 for a
-SIGTERM (which, like Ctrl-C, lets every half-written output be removed). Set ``SD_CUSTOM_VAE_TRACEBACK=1``
-to see the traceback instead. Everything printed, argparse's own messages included, passes through
+SIGTERM and 129 for a SIGHUP (a closed terminal), which, like Ctrl-C, let every half-written output be
+removed. Set ``SD_CUSTOM_VAE_TRACEBACK=1`` to see the traceback instead. Everything printed, argparse's own messages included, passes through
 ``redact``: no token reaches the terminal, whoever wrote the text (a mistyped argument, a server's echo).
 """
 
@@ -125,12 +125,33 @@ def describe(error: BaseException) -> tuple[str, int]:
     )
 
 
+# the signals that end a command as Ctrl-C does; SIGHUP is what closing the terminal (or an ssh session) sends
+STOPPING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class Terminated(Exception):
-    """SIGTERM, raised where the process is, so that every ``finally`` (temporary files) runs."""
+    """SIGTERM or SIGHUP, raised where the process is, so that every ``finally`` (temporary files) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def _terminate(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
+
+
+def _stop_cleanly_on_signals(stack: contextlib.ExitStack) -> None:
+    """Turn STOPPING into ``Terminated`` until `stack` closes. A signal the user set to be ignored stays so:
+    ``nohup sd-custom-vae train ...`` means a closed terminal must not stop the run."""
+    if not _main_thread():  # only the main thread may set handlers (a notebook's worker thread: left as it is)
+        return
+    for signum in STOPPING:
+        previous = signal.getsignal(signum)
+        if previous == signal.SIG_IGN:
+            continue
+        signal.signal(signum, _terminate)
+        stack.callback(signal.signal, signum, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,17 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(setattr, warnings, "formatwarning", warnings.formatwarning)
         # a warning is one line, as errors are: no source line that reads like a traceback
         warnings.formatwarning = lambda message, category, *_: f"sd-custom-vae {args.command}: warning: {message}\n"
-        previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
-        if previous is not None:
-            stack.callback(signal.signal, signal.SIGTERM, previous)
+        _stop_cleanly_on_signals(stack)
         try:
             return args.handler(args)
         except KeyboardInterrupt:
             print(f"sd-custom-vae {args.command}: interrupted", file=sys.stderr)
             return 130
-        except Terminated:
-            print(f"sd-custom-vae {args.command}: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
-            return 143
+        except Terminated as stop:
+            print(f"sd-custom-vae {args.command}: terminated ({stop}); nothing half-written was left", file=sys.stderr)
+            return 128 + stop.signum
         except Exception as error:  # noqa: BLE001 - the one place every failure is turned into one line
             if os.environ.get("SD_CUSTOM_VAE_TRACEBACK"):
                 raise

@@ -162,7 +162,8 @@ def test_sixteen_bit_and_rotated_photos_load_as_they_look(tmp_path):
 
 def test_a_warning_about_a_damaged_photo_names_the_photo(tmp_path):
     # an EXIF block whose one tag claims 100 bytes at an offset past the end of the data
-    tiff = b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + bytes.fromhex("0e01020064000000d0070000")
+    tiff = b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little")
+    tiff += bytes.fromhex("0e01020064000000d0070000")  # tag 270 (ASCII): 100 bytes at offset 2000
     Image.new("RGB", (16, 16)).save(tmp_path / "damaged.jpg", exif=b"Exif\x00\x00" + tiff + bytes(4))
     with pytest.warns(UserWarning) as caught:
         assert read_image(tmp_path / "damaged.jpg").size == (16, 16)

@@ -78,6 +78,33 @@ def test_sigterm_during_a_conversion_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) in (["in.safetensors"], ["in.safetensors", "out"])
 
 
+def test_sighup_a_closed_terminal_sends_stops_a_conversion_cleanly(tmp_path, capsys, monkeypatch):
+    import conversion
+
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def hang_up(data, path):  # the weights are written, then the terminal closes
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(conversion.formats, "write_json", hang_up)
+    assert main(["convert", str(tmp_path / "vae"), str(tmp_path / "out"), "--to", "diffusers"]) == 129
+    assert "terminated (SIGHUP); nothing half-written was left" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no hidden temporary folder
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+    # under nohup, SIGHUP is ignored, and stays so: a closed terminal must not stop the command
+    seen = []
+    monkeypatch.setattr(conversion.formats, "write_json",
+                        lambda data, path: seen.append(signal.getsignal(signal.SIGHUP)))
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        main(["convert", str(tmp_path / "vae"), str(tmp_path / "out"), "--to", "diffusers"])
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert seen == [signal.SIG_IGN]
+
+
 def test_eval_shows_a_vae_named_twice_twice(tmp_path, capsys):
     tiny_vae().save_pretrained(tmp_path / "vae")
     assert main(["eval", str(tmp_path / "vae"), str(tmp_path / "vae"), "--resolution", "32", "--metrics", "psnr",
