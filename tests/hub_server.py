@@ -3,7 +3,9 @@
 It speaks the routes the real Hub serves for `create_repo`, `upload_folder` (every file "regular":
 base64 inside the commit, so neither LFS nor Xet is needed), `model_info`, `list_repo_tree` and
 `hf_hub_download`, with the headers the client reads (X-Repo-Commit, ETag, X-Error-Code).
-Write routes want a bearer token; `fail_commits` makes the next N commits answer 503. Hostile modes:
+Write routes want a bearer token (or Basic credentials, which an HF_ENDPOINT of http://user:password@host makes
+the client send); `fail_commits` makes the next N commits answer 503, `fail_preuploads` the next N preuploads 500
+(a transient error huggingface_hub retries, logging the request's URL). Hostile modes:
 `echo_authorization` makes errors quote the request's Authorization header (as some proxies do), and
 `stall_seconds` holds every request that long before answering (a Hub that never answers).
 """
@@ -46,6 +48,7 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.tokens_seen: set[str] = set()
         self.fail_commits = 0
+        self.fail_preuploads = 0
         self.echo_authorization = False
         self.stall_seconds = 0.0
         self.lock = threading.Lock()
@@ -100,10 +103,15 @@ def _handler(hub: FakeHub):
 
         def _authorised(self) -> bool:
             auth = self.headers.get("Authorization", "")
-            if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
+            scheme, _, credential = auth.partition(" ")
+            if scheme == "Basic" and credential:
+                credential = base64.b64decode(credential).decode().partition(":")[2]
+            elif scheme != "Bearer":
+                credential = ""
+            if not credential:
                 self._error(401, "Invalid credentials in Authorization header")
                 return False
-            hub.tokens_seen.add(auth.removeprefix("Bearer "))
+            hub.tokens_seen.add(credential)
             return True
 
         def _repo(self, repo_id: str, head=False) -> Repo | None:
@@ -176,6 +184,9 @@ def _handler(hub: FakeHub):
             if not self._authorised() or (repo := self._repo(repo_id)) is None:
                 return
             files = json.loads(self._body())["files"]
+            if hub.fail_preuploads > 0:
+                hub.fail_preuploads -= 1
+                return self._reply(500, {"error": "Internal Error"}, {"Retry-After": "0"})
             answer = [
                 {
                     "path": f["path"],
@@ -197,13 +208,20 @@ def _handler(hub: FakeHub):
                 return self._reply(503, {"error": "Service Unavailable"}, {"Retry-After": "0"})
             if not lines or lines[0].get("key") != "header":
                 return self._error(400, "commit payload must start with a header line")
-            changed = {}
+            changed, deleted = {}, set()
             for line in lines[1:]:
                 value = line["value"]
+                if line["key"] == "deletedFile":
+                    if value["path"] not in repo.files:
+                        return self._error(404, f"Entry not found: {value['path']}", "EntryNotFound")
+                    deleted.add(value["path"])
+                    continue
                 if line["key"] != "file" or value.get("encoding") != "base64":
                     return self._error(400, f"this test Hub only takes base64 files, not {line['key']}")
                 changed[value["path"]] = base64.b64decode(value["content"])
-            repo.files.update(changed)  # all or nothing, as a git commit is
+            for path in deleted:  # all or nothing, as a git commit is
+                del repo.files[path]
+            repo.files.update(changed)
             sha = hashlib.sha1(f"{repo.sha}{sorted(changed)}{len(repo.commits)}".encode()).hexdigest()
             repo.commits.append(sha)
             self._reply(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{sha}", "commitOid": sha, "success": True})

@@ -19,7 +19,7 @@ import sys
 import warnings
 
 from .. import __version__
-from .redact import Redacting, known_secrets, redact
+from .redact import Redacting, known_secrets, redact, redacting_logs
 
 # In the order `--help` lists them. Each module defines register(subparsers) and sets a handler.
 COMMANDS = ["train", "convert", "generate", "calibrate", "eval", "fp16-fix", "push"]
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         # redaction first: argparse prints what a user typed (a token in the wrong place) before any command runs
         stack.enter_context(contextlib.redirect_stdout(Redacting(sys.stdout, secrets)))
         stack.enter_context(contextlib.redirect_stderr(Redacting(sys.stderr, secrets)))
+        stack.enter_context(redacting_logs(secrets))
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:

@@ -7,6 +7,7 @@ what a run folder holds beside its model: the metrics and the reconstruction gri
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import conversion
 
@@ -14,6 +15,20 @@ from ..models import load_vae
 from ..models.hub_repo import PushResult, push_token, push_vae
 from ..models.run_layout import METRICS, RECONSTRUCTIONS
 from ..models.sources import resolve
+
+
+def _run_file(run: Path, name: str) -> Path | None:
+    """`run`/`name` if the run holds it as its own file; None if it has none. A link to a file outside the run
+    would upload that file's bytes, whoever's they are: refused."""
+    path = run / name
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.resolve().is_relative_to(run.resolve()):
+        raise ValueError(f"{path} is a link to {path.resolve()}, outside the run: push uploads only the run's own "
+                         "files; copy the file into the run, or remove the link")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file: push uploads only the run's own files; remove it")
+    return path
 
 
 def push_run(source: str | os.PathLike, repo_id: str, subfolder: str | None = None, **kwargs) -> PushResult:
@@ -24,7 +39,7 @@ def push_run(source: str | os.PathLike, repo_id: str, subfolder: str | None = No
     kwargs["token"] = push_token(repo_id, kwargs.get("format", "diffusers"), kwargs.get("token"))
     metrics = grid = None
     if location.run is not None:
-        if (location.run / METRICS).is_file():
-            metrics = conversion.read_json(location.run / METRICS)
-        grid = location.run / RECONSTRUCTIONS
+        if (metrics_file := _run_file(location.run, METRICS)) is not None:
+            metrics = conversion.read_json(metrics_file)
+        grid = _run_file(location.run, RECONSTRUCTIONS)
     return push_vae(load_vae(location.path), repo_id, metrics=metrics, reconstructions=grid, **kwargs)

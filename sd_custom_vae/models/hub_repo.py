@@ -4,15 +4,19 @@ The repo holds a stock diffusers ``AutoencoderKL`` folder (``config.json`` + saf
 load it with plain diffusers, and/or an LDM single file for A1111/ComfyUI, plus a model card with
 metadata, metrics and the reconstruction grid. The user's files are only read. The token is passed
 to huggingface_hub and never printed or written.
+
+After a push the repo's weights are exactly what was pushed: weight files and configs an earlier push (or the
+user) left at the top of the repo, which a loader could pick up in place of the new ones, are deleted in the same
+commit (and named). A push asked to be private never lands in a public repo.
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import os
-import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
@@ -30,6 +34,13 @@ TIMEOUT_VARIABLE = "SD_CUSTOM_VAE_HUB_TIMEOUT"
 DEFAULT_TIMEOUT = 120.0
 
 
+# what a loader reads at the top of a repo (diffusers, from_single_file, A1111/ComfyUI): left from an earlier
+# push beside new weights, it would be loaded, or offered, in their place
+LOADED_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".index.json")
+LOADED_NAMES = (conversion.CONFIG_NAME, run_layout.RECONSTRUCTIONS)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 class HubAuthError(ValueError):
     """No token to write to the Hub with."""
 
@@ -39,9 +50,11 @@ class PushResult:
     repo_id: str
     commit_url: str
     files: list[str]
+    removed: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return f"pushed {', '.join(self.files)} to {self.repo_id} ({self.commit_url})"
+        removed = f"; removed {', '.join(self.removed)}, left by an earlier push" if self.removed else ""
+        return f"pushed {', '.join(self.files)} to {self.repo_id} ({self.commit_url}){removed}"
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -130,7 +143,11 @@ def stage_repo(
     grid = None
     if reconstructions is not None and Path(reconstructions).is_file():
         grid = run_layout.RECONSTRUCTIONS
-        shutil.copyfile(reconstructions, folder / grid)
+        image = Path(reconstructions).read_bytes()  # checked as read: what is checked is what is uploaded
+        if not image.startswith(PNG_SIGNATURE):
+            raise ValueError(f"{reconstructions} is not a PNG image: push uploads it as the model card's "
+                             f"{grid}; replace it with the run's own grid, or remove it")
+        (folder / grid).write_bytes(image)
         written.append(grid)
     card = build_model_card(
         repo_id, config, vae.num_parameters(), metrics, has_diffusers=format != "ldm", ldm_file=ldm_file,
@@ -156,12 +173,22 @@ def push_vae(
     """Create `repo_id` if needed and upload `vae` (a ``CustomAutoencoderKL``) with its model card in one commit."""
     api = HfApi(token=push_token(repo_id, format, token))
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if private and not api.repo_info(repo_id).private:
+        raise ValueError(
+            f"{repo_id} already exists and is public, and --private (private=True) only sets the visibility of a new "
+            "repo: nothing was uploaded. Make the repo private on the Hub (its Settings) and push again, push to "
+            "another repo, or leave --private out to publish publicly"
+        )
     with tempfile.TemporaryDirectory(prefix="sd-custom-vae-push-") as tmp:
         files = stage_repo(vae, Path(tmp), repo_id, format, metrics, reconstructions, license)
+        stale = [name for name in api.list_repo_files(repo_id)
+                 if "/" not in name and name not in files and (name.endswith(LOADED_SUFFIXES) or name in LOADED_NAMES)]
         commit = api.upload_folder(
             repo_id=repo_id,
             folder_path=tmp,
             commit_message=commit_message or "Upload VAE with sd-custom-vae",
             create_pr=create_pr,
+            # exact names (escaped: patterns match whole paths), top-level only: a pipeline's unet/ is not ours
+            delete_patterns=[glob.escape(name) for name in stale] or None,
         )
-    return PushResult(repo_id, commit.commit_url, files)
+    return PushResult(repo_id, commit.commit_url, files, stale)

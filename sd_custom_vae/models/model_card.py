@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..network import downsampling_factor
@@ -18,6 +21,19 @@ CARD_METRICS = {
     "teacher_latent_psnr": ("teacher-latent-psnr", "PSNR decoding the teacher's latents (dB)"),
 }
 TAGS = ["stable-diffusion", "vae", "autoencoder", "sd-custom-vae"]
+
+
+def _finite_metrics(metrics: dict) -> dict:
+    """`metrics` without the numbers that are not finite (NaN, infinity: a run that diverged, a metric that could not
+    be measured), each named in a warning: a card publishes only what was measured."""
+    kept = {}
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            warnings.warn(f"metrics.json: {key} is {value}, not a measured number: left out of the model card",
+                          stacklevel=3)
+            continue
+        kept[key] = value
+    return kept
 
 
 def _row(name: str, value) -> str:
@@ -97,7 +113,7 @@ def build_model_card(
 ) -> ModelCard:
     """A card for `repo_id`. `metrics` is a run's ``metrics.json`` (validation numbers and what the run did);
     `reconstructions` the repo path of the originals-vs-reconstructions grid."""
-    metrics = metrics or {}
+    metrics = _finite_metrics(metrics or {})
     name = repo_id.split("/")[-1]
     dataset = metrics.get("data") or "held-out images"
     eval_results = [

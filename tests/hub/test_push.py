@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -196,3 +197,79 @@ def test_server_error_mid_push_then_rerun(hub, run_dir, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "diffusion_pytorch_model.safetensors" in hub.repos["user/flaky-vae"].files
     assert tree_digest(run_dir) == before
+
+
+def test_a_retried_request_logs_no_credentials(hub, run_dir, tmp_path):
+    """huggingface_hub logs the URL of a request it retries; an HF_ENDPOINT with user:password@ puts the password in
+    it. Every log line is masked as it is made, whichever handler writes it."""
+    env = hub_env(hub, tmp_path)
+    password = "mirror-password-0123456789"
+    env["HF_ENDPOINT"] = hub.url.replace("http://", f"http://mirror-user:{password}@")
+    hub.fail_preuploads = 1  # one transient 500: retried, and logged
+    result = push(run_dir, "user/retried-vae", env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "HTTP Error 500" in result.stderr and "://***@127.0.0.1" in result.stderr  # logged, masked
+    assert password not in result.stdout + result.stderr and TOKEN not in result.stdout + result.stderr
+    assert "diffusion_pytorch_model.safetensors" in hub.repos["user/retried-vae"].files
+
+
+def test_a_grid_or_metrics_linked_from_outside_the_run_is_not_uploaded(run_dir, tmp_path, capsys):
+    private = tmp_path / "private.png"
+    Image.new("RGB", (8, 8)).save(private)
+    (run_dir / run_layout.RECONSTRUCTIONS).unlink()
+    (run_dir / run_layout.RECONSTRUCTIONS).symlink_to(private)
+    assert cli.main(["push", str(run_dir), "user/x", "--token", TOKEN]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir / run_layout.RECONSTRUCTIONS} is a link to {private}, outside the run" in err
+    (run_dir / run_layout.RECONSTRUCTIONS).unlink()
+    (tmp_path / "secrets.json").write_text('{"psnr": 1.0}')
+    (run_dir / run_layout.METRICS).unlink()
+    (run_dir / run_layout.METRICS).symlink_to(tmp_path / "secrets.json")
+    assert cli.main(["push", str(run_dir), "user/x", "--token", TOKEN]) == 2
+    assert "outside the run" in capsys.readouterr().err
+
+
+def test_a_grid_that_is_not_a_png_is_refused(tmp_path):
+    from sd_custom_vae.models.hub_repo import stage_repo
+
+    (tmp_path / "grid.png").write_bytes(b"#!/bin/sh\necho not an image\n")
+    (tmp_path / "stage").mkdir()
+    with pytest.raises(ValueError, match="grid.png is not a PNG image"):
+        stage_repo(tiny_vae(), tmp_path / "stage", "user/x", reconstructions=tmp_path / "grid.png")
+
+
+def test_private_push_to_an_existing_public_repo_is_refused(hub, run_dir, tmp_path):
+    from hub_server import Repo
+
+    hub.repos["user/public-vae"] = Repo(private=False)
+    result = push(run_dir, "user/public-vae", hub_env(hub, tmp_path), "--private")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "user/public-vae already exists and is public" in result.stderr and "nothing was uploaded" in result.stderr
+    assert hub.repos["user/public-vae"].files == {} and hub.repos["user/public-vae"].commits == []
+
+
+def test_a_push_leaves_no_older_weights_beside_the_new_ones(hub, run_dir, tmp_path):
+    from hub_server import Repo
+
+    hub.repos["user/old-vae"] = Repo(private=False, files={
+        "old-vae-ldm.safetensors": b"older weights", "vae.ckpt": b"older still", "config.json": b"{}",
+        "unet/diffusion_pytorch_model.safetensors": b"not ours", "notes.md": b"the user's",
+    })
+    result = push(run_dir, "user/old-vae", hub_env(hub, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    repo = hub.repos["user/old-vae"]
+    assert set(repo.files) == {"config.json", "diffusion_pytorch_model.safetensors", "reconstructions.png",
+                               "README.md", "unet/diffusion_pytorch_model.safetensors", "notes.md"}
+    assert len(repo.commits) == 1  # the new weights and the removals: one commit
+    assert "removed old-vae-ldm.safetensors, vae.ckpt" in result.stdout
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_metric_that_is_not_a_number_is_not_published(bad):
+    from sd_custom_vae.models.model_card import build_model_card
+
+    vae = tiny_vae()
+    with pytest.warns(UserWarning, match=f"psnr is {bad}, not a measured number: left out of the model card"):
+        card = build_model_card("user/x", dict(vae.config), 10, {**METRICS, "psnr": bad, "wall_time_s": bad})
+    assert {r.metric_type for r in card.data.eval_results} == {"ssim"}
+    assert "PSNR" not in str(card) and not re.search(r"\b(nan|inf)\b", str(card), re.IGNORECASE)
