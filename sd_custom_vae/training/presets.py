@@ -16,24 +16,16 @@ def every(steps: int) -> dict:
     return dict(sample_every=steps, eval_every=steps, checkpoint_every=steps)
 
 
-# The default of `sd-custom-vae train`: Stable Diffusion's latent geometry (×8 downsampling over four
-# levels, 4 latent channels: a 512² image gives 64×64×4 latents) at an eighth of SD's width, in under a
-# quarter of an hour on two CPU cores (about 13 minutes). What each choice bought (PSNR on 256-px held-out
-# crops, README): the first half on 32-px crops (four times the steps of 64-px ones for the same compute;
-# the network is fully convolutional; it plateaus there after ~1000 steps, yet a shorter first phase
-# lost 3 dB), the second half on 128-px crops, where the deepest level sees whole objects (22.8 dB for
-# two seeds; a last fifth gave 22.8 and 21.0 in more time); the colour term at 0.1: without it, whether the
-# latents came to carry colour was close to chance (19-23 dB); with it both seeds kept colour, 23.4 and 23.5 dB
-# (weight 1: 23.1; with MSE: 23.5); crops of the photos shrunk by a random factor down to 0.5 (more of a photo
-# in each crop: 23.96 dB, detail better, colour not) and half of them hue-turned, so that colours the 24
-# training photos lack, a held-out photo's dark teal, are not painted grey (24.00 alone; both: 24.04 and 23.95
-# for two seeds; EMA 0.999 instead 23.3); no mid-block attention (it only pays at 256 px and beyond); L1,
-# bf16 where the CPU computes it natively; learning rate 5e-4: at 2e-3 the loss stalled from step 1500 and the
-# reconstructions lost their colour (19.7-20.9 dB, saturation a third of the photos').
+# The default of `sd-custom-vae train`: Stable Diffusion's latent geometry (×8 downsampling over four levels,
+# 4 latent channels: a 512² image gives 64×64×4 latents) at an eighth of SD's width, in about ten minutes on two
+# CPU cores. It starts as resizing (area down, nearest up: --init resizing, which needs GroupNorm groups of four
+# channels, hence 8 groups) and learns what resizing lacks: first on 32-px crops, then on 128-px ones, where the
+# deepest level sees whole objects. What each choice bought is docs/training.md's experiment log.
 TINY = TrainConfig(
     preset="tiny",
-    model=dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=16,
+    model=dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=8,
                mid_block_add_attention=False),
+    init="resizing",
     resolution=32,
     final_resolution=128,
     final_fraction=0.5,
@@ -77,11 +69,11 @@ PRESETS: dict[str, TrainConfig] = {
         **every(1000),
     ),
     # A small fast student of any teacher (`--teacher PATH`): a quarter of its width, one block per level,
-    # trained as tiny (its rescaled and hue-turned crops too: what a student lacks is generalisation) but with
-    # 70 % of the steps on 32-px crops (eight per batch: more photos seen) and the last 30 % on 128-px ones.
-    # Latent error on 256-px held-out crops (README): 128-px share 0.1 / 0.3 / 0.5 / 0.8 → 6.5 / 5.3 / 5.9 /
-    # 7.2 % without the augmentations, 0.3 with them 4.2 %.
-    "student": TINY.replace(preset="student", mode="distill", model={}, steps=4500, final_fraction=0.3),
+    # trained as tiny (its rescaled and hue-turned crops too: what a student lacks is generalisation) but from
+    # random weights (it learns the teacher's latent space, not resizing's), with 70 % of the steps on 32-px crops
+    # and the last 30 % on 128-px ones (docs/training.md: what the share bought).
+    "student": TINY.replace(preset="student", mode="distill", model={}, init="random", steps=4500,
+                            final_fraction=0.3),
     # The full SD 1.x architecture, LDM's recipe: for GPUs.
     "sd": TrainConfig(
         preset="sd",
@@ -141,8 +133,11 @@ def load_config(preset_or_file: str | None = None, **overrides) -> TrainConfig:
             raise ValueError(f"{path}: unknown preset {base!r}; choose one of {', '.join(PRESETS)}")
         config = PRESETS[base]
     config = config.replace(model=dict(config.model))  # never mutate the preset itself
+    given = {k: v for k, v in overrides.items() if v is not None}
     config = config.replace(**renamed_values(values))
-    config = config.replace(**renamed_values({k: v for k, v in overrides.items() if v is not None}))
+    config = config.replace(**renamed_values(given))
+    if config.mode != "new" and "init" not in values | given:
+        config = config.replace(init="random")  # a preset's start of a new latent space: a teacher mode has its own
     if not isinstance(config.model, dict):
         raise ValueError(f"option model must be a mapping of ScratchVAE keywords, got {config.model!r}")
     if isinstance(config.model.get("block_out_channels"), list):

@@ -57,3 +57,14 @@ def test_architectures_that_cannot_start_as_resizing_are_refused_with_the_reason
     config = dict(ScratchVAE().config, **architecture)
     with pytest.raises(ValueError, match=problem):
         check_resizing_start(config)
+
+
+def test_the_default_preset_starts_as_resizing_and_a_teacher_mode_from_its_teacher():
+    from sd_custom_vae.training.presets import load_config
+
+    assert load_config().init == "resizing"
+    check_resizing_start(dict(ScratchVAE().config, **load_config().model))
+    assert load_config(None, mode="distill", teacher="t").init == "random"  # the preset's start is not the mode's
+    assert load_config("student", teacher="t").init == "random"
+    with pytest.raises(ValueError, match="applies to --mode new"):
+        load_config(None, mode="decoder-finetune", teacher="t", init="resizing")
