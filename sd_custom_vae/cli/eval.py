@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import held_out_images, protocol_crops, read_images
     from ..evaluation import fid
     from ..evaluation.figures import grid, save_png
+    from ..evaluation.metrics import check_crop_side
+    from ..evaluation.perceptual import distance_name
     from ..evaluation.quality import evaluate_vaes, format_table, unavailable
     from ..models import load_vae
     from . import pick_device, positive
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     positive("--crops-per-image", args.crops_per_image)
     positive("--max-images", args.max_images)
     metrics = _metrics(args.metrics)
+    perceptual = distance_name() if "lpips" in metrics and "lpips" not in unavailable(metrics) else None
+    check_crop_side(args.resolution, "--resolution", perceptual, instead=", or leave lpips out of --metrics")
     output = Path(args.output)
     for name in ("eval.json", "eval.png"):  # before minutes of evaluation
         conversion.check_new(output / name, args.overwrite)

@@ -9,6 +9,10 @@ import conversion
 
 from . import add_output_flags
 
+# Stable Diffusion models draw at 512-1024 px; at 8192 px one activation of SD's VAE decoder (128 channels, float16)
+# already takes 16 GiB, and the UNet's attention grows with the square of the pixel count
+MAX_SIDE = 8192
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -44,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     positive("--steps", args.steps)
     positive("--height", args.height, 8)
     positive("--width", args.width, 8)
+    for flag, side in (("--height", args.height), ("--width", args.width)):
+        if side is not None and side > MAX_SIDE:
+            raise ValueError(f"{flag} {side} is too large: at most {MAX_SIDE} px (Stable Diffusion models draw at "
+                             f"512-1024 px, and at {MAX_SIDE} px one activation of the VAE's decoder already takes "
+                             "16 GiB)")
     if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
         raise ValueError(f"--guidance-scale must be a number of 0 or more (1: no guidance), got {args.guidance_scale}")
     output = conversion.check_new(args.output, args.overwrite)  # before minutes of loading

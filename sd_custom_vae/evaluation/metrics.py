@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+SSIM_WINDOW = 11  # px, Wang et al.'s: SSIM is averaged over the positions where the window fits inside the image
+
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
@@ -16,7 +18,23 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def check_crop_side(side: int, flag: str, perceptual: str | None = None, instead: str = "") -> None:
+    """Refuse, before any work, crops too small to measure on: SSIM's window must fit inside them, and the
+    perceptual network `perceptual` ("lpips", "st_lpips") must reach its last layer. `flag` names the side;
+    `instead` is the other way out of a perceptual network's limit (", or leave lpips out of --metrics")."""
+    from .perceptual import LABELS, SMALLEST_SIDE
+
+    needs = [(SSIM_WINDOW, f"SSIM: its Gaussian window is {SSIM_WINDOW} px wide", "")]
+    if perceptual is not None:
+        needs.append((SMALLEST_SIDE[perceptual], f"{LABELS[perceptual]}: its AlexNet shrinks smaller crops to nothing",
+                      instead))
+    for least, why, other in needs:
+        if side < least:
+            raise ValueError(f"{flag} {side} is too small for {why}, so crops need at least {least} px; "
+                             f"use {flag} {-(-least // 8) * 8} or more{other}")
+
+
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = 1.5) -> torch.Tensor:
     """The 1-D Gaussian; the 2-D window is its outer product, so blurring is two 1-D passes."""
     coords = torch.arange(size, dtype=torch.float64) - size // 2
     g = torch.exp(-coords.square() / (2 * sigma**2))

@@ -18,6 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHTS = Path("weights", "vST0.0", "alex_shift_tolerant.pth")
+LABELS = {"lpips": "LPIPS", "st_lpips": "ST-LPIPS"}
+# The smallest image side each network reaches its last layer on. The original AlexNet's stem is an 11-px conv of
+# stride 4 followed by two 3-px max pools of stride 2 (31 px → 7 → 3 → 1); ST-LPIPS's stem has stride 1 and
+# blur pools that reflect-pad by 2, which needs more than 2 px (21 px → 15 → 9 → 7 → 5 → 3 at the last blur pool).
+SMALLEST_SIDE = {"lpips": 31, "st_lpips": 21}
 
 
 def weights_path() -> Path | None:
@@ -137,19 +142,31 @@ class _LPIPS(nn.Module):
 def original_lpips() -> nn.Module | None:
     """The original LPIPS when it can run offline: the ``lpips`` package (which needs torchvision) and its AlexNet
     backbone already in torch's hub cache. None otherwise (nothing is downloaded)."""
-    try:
-        import lpips  # imports torchvision, which may not import beside this torch
-    except Exception:  # noqa: BLE001 - any failure means: not available here
+    if not _original_available():
         return None
-    cached = Path(torch.hub.get_dir(), "checkpoints", "alexnet-owt-7be5be79.pth")
-    if not cached.exists():
-        return None
+    import lpips
+
     return _LPIPS(lpips.LPIPS(net="alex", verbose=False))
+
+
+def _original_available() -> bool:
+    try:
+        import lpips  # noqa: F401 - imports torchvision, which may not import beside this torch
+    except Exception:  # noqa: BLE001 - any failure means: not available here
+        return False
+    return Path(torch.hub.get_dir(), "checkpoints", "alexnet-owt-7be5be79.pth").exists()
+
+
+def distance_name() -> str | None:
+    """The perceptual distance ``perceptual_distance`` gives: "lpips", "st_lpips", or None (neither installed)."""
+    if _original_available():
+        return "lpips"
+    return "st_lpips" if available() else None
 
 
 def perceptual_distance() -> tuple[str, nn.Module] | None:
     """(metric name, distance module): the original LPIPS where available, else ST-LPIPS, else None."""
-    model = original_lpips()
-    if model is not None:
-        return "lpips", model
-    return ("st_lpips", STLPIPS()) if available() else None
+    name = distance_name()
+    if name == "lpips":
+        return name, original_lpips()
+    return (name, STLPIPS()) if name else None

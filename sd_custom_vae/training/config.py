@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import conversion
 
+from ..evaluation.metrics import check_crop_side
+
 # diffusers.optimization.SchedulerType's values, the schedules get_scheduler builds
 LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MODES = ("new", "decoder-finetune", "distill")
@@ -186,6 +188,11 @@ class TrainConfig:
             raise ValueError(f"option final_resolution (--final-resolution) "
                              f"must be 0 (off) or larger than --resolution "
                              f"{self.resolution}, got {self.final_resolution}")
+        # validation measures SSIM on the evaluation crops, and the perceptual term runs ST-LPIPS on the training ones
+        check_crop_side(self.eval_resolution or self.resolution,
+                        "--eval-resolution" if self.eval_resolution else "--resolution")
+        if self.perceptual_weight > 0:
+            check_crop_side(self.resolution, "--resolution", "st_lpips", instead=", or --perceptual-weight 0")
         unknown = sorted(set(self.model) - set(conversion.ARCHITECTURE_KEYS))
         if unknown:
             raise ValueError(f"option model has unknown key(s) {unknown}; "

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.cli import main
 from sd_custom_vae.cli.redact import redact
+from sd_custom_vae.evaluation.perceptual import distance_name
 
 TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
@@ -139,6 +140,15 @@ def test_eval_refuses_a_teacher_of_another_latent_shape(tmp_path, capsys):
     (["fp16-fix", "VAE", "OUT", "--ldm", "x.bin"], "--ldm x.bin: the LDM file is written as safetensors"),
     (["generate", "a dog", "--model", "M", "--vae", "VAE", "--guidance-scale", "nan"], "--guidance-scale must be a number"),
     (["generate", "a dog", "--model", "M", "--vae", "VAE", "--height", "-64"], "--height must be at least 8, got -64"),
+    (["generate", "a dog", "--model", "M", "--vae", "VAE", "--height", "65536", "--width", "65536"],
+     "--height 65536 is too large: at most 8192 px"),
+    (["eval", "VAE", "--resolution", "8"], "--resolution 8 is too small for SSIM: its Gaussian window is 11 px wide"),
+    pytest.param(["eval", "VAE", "--resolution", "16", "--metrics", "psnr,lpips"], "LPIPS: its AlexNet",
+                 marks=pytest.mark.skipif(distance_name() is None, reason="no perceptual network installed")),
+    (["train", "--data", "VAE", "--resolution", "8", "--eval-resolution", "8"],
+     "--eval-resolution 8 is too small for SSIM"),
+    (["train", "--data", "VAE", "--resolution", "16", "--perceptual-weight", "1"],
+     "--resolution 16 is too small for ST-LPIPS"),
 ])
 def test_bad_numbers_are_named_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from sd_custom_vae.evaluation.metrics import psnr, ssim
+from sd_custom_vae.evaluation.metrics import SSIM_WINDOW, check_crop_side, psnr, ssim
 
 
 def test_psnr_known_value():
@@ -25,3 +25,13 @@ def test_ssim_matches_scikit_image():
         )
         assert ours[i].item() == pytest.approx(reference, abs=1e-5)
     assert ssim(target, target).min().item() == pytest.approx(1.0)
+
+
+def test_crops_too_small_for_ssim_are_refused_by_name_and_the_bound_is_exact():
+    image = torch.zeros(1, 3, SSIM_WINDOW, SSIM_WINDOW)
+    ssim(image, image)
+    with pytest.raises(RuntimeError):
+        ssim(image[..., 1:, 1:], image[..., 1:, 1:])
+    check_crop_side(SSIM_WINDOW, "--resolution")
+    with pytest.raises(ValueError, match="--resolution 10 is too small for SSIM.*at least 11 px; use --resolution 16"):
+        check_crop_side(SSIM_WINDOW - 1, "--resolution")

@@ -53,3 +53,18 @@ def test_is_a_distance_and_differentiable():
     assert b.grad is not None and all(not p.requires_grad for p in metric.parameters())
     metric.train()
     assert not metric.training  # dropout stays off
+
+
+def test_the_smallest_side_each_network_runs_on_is_exact():
+    zeros = {side: torch.zeros(1, 3, side, side) for side in (20, 21, 30, 31)}
+    least = perceptual.SMALLEST_SIDE["st_lpips"]
+    perceptual.STLPIPS()(zeros[least], zeros[least])
+    with pytest.raises(RuntimeError):
+        perceptual.STLPIPS()(zeros[least - 1], zeros[least - 1])
+    # the original LPIPS's AlexNet (torchvision's): what shrinks an image is its stem, up to the second max pool
+    stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 11, stride=4, padding=2), torch.nn.MaxPool2d(3, stride=2),
+                               torch.nn.Conv2d(64, 192, 5, padding=2), torch.nn.MaxPool2d(3, stride=2))
+    least = perceptual.SMALLEST_SIDE["lpips"]
+    assert stem(zeros[least]).shape[-1] == 1
+    with pytest.raises(RuntimeError):
+        stem(zeros[least - 1])
