@@ -25,7 +25,7 @@ def phases(config: TrainConfig) -> list[tuple[int, int, int]]:
     if not config.final_resolution:
         return first
     switch = round(config.steps * (1 - config.final_fraction))
-    batch = config.final_batch_size or max(1, round(config.batch_size * (config.resolution / config.final_resolution) ** 2))
+    batch = max(1, round(config.batch_size * (config.resolution / config.final_resolution) ** 2))
     return first + [(switch, config.final_resolution, batch)]
 
 

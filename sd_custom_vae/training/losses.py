@@ -22,18 +22,12 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean over pixel values: MSE as in the course, or L1 as LDM trains its autoencoders; or minus the PSNR of each
-    image (in tens of dB), averaged over the batch, as evaluation averages it."""
+    """Mean over pixel values: MSE as in the course, or L1 as LDM trains its autoencoders."""
     if kind == "mse":
         return F.mse_loss(reconstruction, target)
     if kind == "l1":
         return F.l1_loss(reconstruction, target)
-    if kind == "psnr":
-        # log of each image's MSE: its gradient is the MSE's divided by the image's own error, so a sky whose
-        # reconstruction is off by 1 % weighs as much as a texture off by 10 %. The floor (56 dB) bounds that weight.
-        mse = (reconstruction.float() - target.float()).square().flatten(1).mean(1)
-        return torch.log10(mse.clamp_min(1e-5) / 4).mean()  # / 4: images span [-1, 1], PSNR's peak is 1 on [0, 1]
-    raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'mse', 'l1' or 'psnr'")
+    raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'mse' or 'l1'")
 
 
 def latent_colour_misfit(mean: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -76,7 +70,7 @@ class VAELoss(nn.Module):
         config = self.config
         terms = {"reconstruction": reconstruction_loss(reconstruction, images, config.reconstruction)}
         distortion = terms["reconstruction"]
-        if self.perceptual is not None and config.perceptual_weight > 0 and step >= config.perceptual_start:
+        if self.perceptual is not None and config.perceptual_weight > 0:
             terms["perceptual"] = self.perceptual(reconstruction, images).mean()
             distortion = distortion + config.perceptual_weight * terms["perceptual"]
         total = distortion
