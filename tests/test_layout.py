@@ -1,12 +1,14 @@
 """The codebase stays one a newcomer can change safely: layers import downwards only, modules stay small.
 
-The layers, lowest first (docs/architecture.md): the network; ``conversion``, the top-level package of key maps
-and file formats, which builds on the network alone; then the subpackages of ``sd_custom_vae``. The package's own
-root (``__init__``, ``__main__``, the public ``autoencoder_kl`` module) sits above them all.
+The layers, lowest first (docs/architecture.md): ``base`` (safe file writing, errors, deprecations); the network;
+``conversion``, the key maps and file formats, which build on the network alone; then the other subpackages of
+``sd_custom_vae``. The package's own root (``__init__``, ``__main__``, the public ``autoencoder_kl`` module) and the
+top-level ``conversion`` package (the public face of ``sd_custom_vae.conversion``) sit above them all.
 """
 
 import ast
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 PACKAGES = ("sd_custom_vae", "conversion")
 LAYERS = [
-    "sd_custom_vae.network", "conversion", "sd_custom_vae.data", "sd_custom_vae.models", "sd_custom_vae.evaluation",
+    "sd_custom_vae.base", "sd_custom_vae.network", "sd_custom_vae.conversion", "sd_custom_vae.data", "sd_custom_vae.models", "sd_custom_vae.evaluation",
     "sd_custom_vae.training", "sd_custom_vae.hub", "sd_custom_vae.cli",
 ]
 MAX_LINES = 350
@@ -59,7 +61,7 @@ def layer(module: str) -> int:
     for index, prefix in enumerate(LAYERS):
         if module == prefix or module.startswith(prefix + "."):
             return index
-    assert module in ("sd_custom_vae", "sd_custom_vae.__main__", "sd_custom_vae.autoencoder_kl"), module
+    assert module in ("sd_custom_vae", "sd_custom_vae.__main__", "sd_custom_vae.autoencoder_kl", "conversion"), module
     return len(LAYERS)
 
 
@@ -78,10 +80,35 @@ def test_imports_point_down_the_layers_only():
 
 def test_conversion_builds_on_the_network_alone():
     outside = {
-        target for name, targets in import_graph().items() if name.startswith("conversion") for target in targets
-        if not target.startswith(("conversion", "sd_custom_vae.network"))
+        target for name, targets in import_graph().items() if name.startswith("sd_custom_vae.conversion")
+        for target in targets if not target.startswith(("sd_custom_vae.conversion", "sd_custom_vae.network",
+                                                          "sd_custom_vae.base"))
     }
     assert outside == set()
+
+
+def test_the_library_never_imports_the_top_level_conversion_name():
+    """A user's own ``conversion.py`` (first on sys.path when they run a script beside it) must not shadow ours."""
+    importing = {name for name, targets in import_graph().items() if name.startswith("sd_custom_vae")
+                 and any(t == "conversion" or t.startswith("conversion.") for t in targets)}
+    assert importing == set()
+
+
+def test_a_users_own_conversion_py_does_not_break_the_library(tmp_path):
+    (tmp_path / "conversion.py").write_text("raise ImportError('a user script named conversion.py was imported')\n")
+    # as `python -m sd_custom_vae --help` run beside it: the working folder is first on sys.path
+    script = (
+        "import importlib.util, os, runpy, sys\n"
+        "assert importlib.util.find_spec('conversion').origin == os.path.abspath('conversion.py')\n"  # it shadows
+        "from sd_custom_vae import CustomAutoencoderKL\n"
+        "CustomAutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4)\n"
+        "assert 'conversion' not in sys.modules, sys.modules['conversion']\n"
+        "sys.argv = ['sd-custom-vae', '--help']\n"
+        "runpy.run_module('sd_custom_vae', run_name='__main__', alter_sys=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "usage" in done.stdout.lower()
 
 
 def test_no_import_cycle_even_through_imports_inside_functions():

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import conversion
-
+    from ..base.files import atomic_folder, check_new, check_writable
+    from ..conversion import CONFIG_NAME
     from ..evaluation.calibrate import apply_calibration, calibrate, write_calibration
     from ..models import load_vae
     from ..models.sources import parse_hub_name, resolve
@@ -48,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     if in_place and not Path(args.vae).exists() and parse_hub_name(args.vae):
         raise ValueError(f"{args.vae} is on the Hub, not a local folder to update in place; pass --output FOLDER")
     source = resolve(args.vae, args.subfolder).path
-    if in_place and not (source / conversion.CONFIG_NAME).is_file():
+    if in_place and not (source / CONFIG_NAME).is_file():
         raise ValueError(f"{source} has no config.json to update (a single checkpoint file?); pass --output FOLDER")
-    target = source / conversion.CONFIG_NAME if in_place else Path(args.output)
+    target = source / CONFIG_NAME if in_place else Path(args.output)
     # before the encoding work; updating the model's own config.json in place is what calibrate is asked to do
-    conversion.check_writable(target) if in_place else conversion.check_new(target, args.overwrite)
+    check_writable(target) if in_place else check_new(target, args.overwrite)
 
     device = pick_device(args.device)
     vae = load_vae(source, torch.float32).to(device)
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         write_calibration(source, result)
     else:
         apply_calibration(vae, result)
-        with conversion.atomic_folder(target, overwrite=args.overwrite) as staging:
+        with atomic_folder(target, overwrite=args.overwrite) as staging:
             vae.save_pretrained(staging)
     shift = f", shift_factor {result.shift_factor:.6g}" if result.shift_factor is not None else ""
     print(

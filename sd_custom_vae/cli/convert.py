@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import conversion
-
+from ..base.files import check_new
+from ..conversion import DTYPES, RENAMED_TARGETS, TARGETS, convert_checkpoint, resolve_target
 from . import add_model_argument
 
 
@@ -21,9 +21,9 @@ def register(subparsers) -> None:
     add_model_argument(parser, "input", "the VAE to convert")
     parser.add_argument("output",
                         help="output folder or .safetensors file (--to diffusers), .safetensors file (ldm, course)")
-    parser.add_argument("--to", required=True, choices=[*conversion.TARGETS, *conversion.RENAMED_TARGETS],
-                        help=f"output naming scheme: {', '.join(conversion.TARGETS)}")
-    parser.add_argument("--dtype", choices=list(conversion.DTYPES), default=None, help="cast weights on output")
+    parser.add_argument("--to", required=True, choices=[*TARGETS, *RENAMED_TARGETS],
+                        help=f"output naming scheme: {', '.join(TARGETS)}")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="cast weights on output")
     parser.add_argument("--norm-num-groups", type=int, default=None,
                         help="GroupNorm groups of a VAE whose file does not record them (default 32, as every SD VAE)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output, as a whole, atomically")
@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from . import positive
 
     positive("--norm-num-groups", args.norm_num_groups)
-    to = conversion.resolve_target(args.to)
-    conversion.check_new(args.output, args.overwrite)  # before a download
+    to = resolve_target(args.to)
+    check_new(args.output, args.overwrite)  # before a download
     source = resolve(args.input, args.subfolder).path
     config = {"norm_num_groups": args.norm_num_groups} if args.norm_num_groups is not None else None
-    print(conversion.convert_checkpoint(source, args.output, to=to, dtype=args.dtype, config=config,
+    print(convert_checkpoint(source, args.output, to=to, dtype=args.dtype, config=config,
                                         overwrite=args.overwrite))
     return 0

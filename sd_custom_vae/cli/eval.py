@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    import conversion
-
+    from ..base.files import check_new, write_json
     from ..data import held_out_images, protocol_crops, read_images
     from ..evaluation import fid
     from ..evaluation.figures import grid, save_png
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     check_crop_side(args.resolution, "--resolution", perceptual, instead=", or leave lpips out of --metrics")
     output = Path(args.output)
     for name in ("eval.json", "eval.png"):  # before minutes of evaluation
-        conversion.check_new(output / name, args.overwrite)
+        check_new(output / name, args.overwrite)
     for metric, why in unavailable(metrics).items():
         print(f"{metric}: not measured: {why}")
     device = pick_device(args.device)
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         if (warning := fid.few_images_warning(len(crops))) is not None:
             warnings.warn(warning, stacklevel=1)
     output.mkdir(parents=True, exist_ok=True)
-    conversion.write_json(
+    write_json(
         {"crops": len(crops), "images": len(images), "data": where, "protocol": args.protocol,
          "resolution": args.resolution, "teacher": args.teacher, "metrics": list(metrics),
          "not_measured": unavailable(metrics),

@@ -29,8 +29,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import conversion
-
+    from ..base.files import check_new
+    from ..conversion import as_checkpoint, save_checkpoint
     from ..data import evaluation_crops, read_images
     from ..models import load_vae
     from ..models.fp16 import calibration_latents, make_fp16_safe
@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     positive("--images", args.images)
     positive("--resolution", args.resolution, 8)
-    conversion.check_new(args.output, args.overwrite)  # before any work
+    check_new(args.output, args.overwrite)  # before any work
     if args.ldm:
-        conversion.check_new(args.ldm, args.overwrite)
+        check_new(args.ldm, args.overwrite)
         if not str(args.ldm).endswith(".safetensors"):
             raise ValueError(f"--ldm {args.ldm}: the LDM file is written as safetensors and must end in .safetensors")
     vae = load_vae(args.input, torch.float32, args.subfolder).to(pick_device(None))
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     images = evaluation_crops(list(found), args.resolution, 1)[: args.images]
     report = make_fp16_safe(vae, images, calibration_latents(vae))
     print(report)
-    checkpoint = conversion.as_checkpoint(vae.state_dict(), dict(vae.config), source=str(args.input))
-    print(f"wrote {conversion.save_checkpoint(checkpoint, args.output, 'diffusers', overwrite=args.overwrite)}")
+    checkpoint = as_checkpoint(vae.state_dict(), dict(vae.config), source=str(args.input))
+    print(f"wrote {save_checkpoint(checkpoint, args.output, 'diffusers', overwrite=args.overwrite)}")
     if args.ldm:
-        print(f"wrote {conversion.save_checkpoint(checkpoint, args.ldm, 'ldm', overwrite=args.overwrite)}")
+        print(f"wrote {save_checkpoint(checkpoint, args.ldm, 'ldm', overwrite=args.overwrite)}")
     return 0

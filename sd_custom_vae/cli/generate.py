@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-import conversion
-
+from ..base.files import atomic_path, check_new
+from ..conversion import DTYPES
 from . import add_output_flags
 
 # Stable Diffusion models draw at 512-1024 px; at 8192 px one activation of SD's VAE decoder (128 channels, float16)
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--height", type=int, default=None, help="default: the model's native size")
     parser.add_argument("--width", type=int, default=None, help="default: the model's native size")
     parser.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
-    parser.add_argument("--dtype", choices=["auto", *conversion.DTYPES], default="auto",
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="auto: fp16 on a GPU, fp32 on the CPU")
     parser.set_defaults(handler=run)
 
@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
                              "16 GiB)")
     if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
         raise ValueError(f"--guidance-scale must be a number of 0 or more (1: no guidance), got {args.guidance_scale}")
-    output = conversion.check_new(args.output, args.overwrite)  # before minutes of loading
+    output = check_new(args.output, args.overwrite)  # before minutes of loading
     image_format = Image.registered_extensions().get(output.suffix.lower())
     if image_format is None:
         raise ValueError(f"{output}: unknown image extension {output.suffix!r}; use .png")
     device = pick_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp32" if device == "cpu" else "fp16")
-    dtype = conversion.DTYPES[dtype_name]
+    dtype = DTYPES[dtype_name]
 
     pipe = load_pipeline(args.model, args.vae, AutoPipelineForText2Image, dtype=dtype).to(device)
     options = {
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         generator=torch.Generator(device).manual_seed(args.seed),
         **{key: value for key, value in options.items() if value is not None},
     ).images[0]
-    with conversion.atomic_path(output) as tmp:
+    with atomic_path(output) as tmp:
         image.save(tmp, format=image_format)
     print(f"wrote {output} ({image.width}x{image.height}, {args.steps} steps, seed {args.seed})")
     return 0

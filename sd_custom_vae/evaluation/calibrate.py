@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import conversion
-
+from ..base.files import read_json, write_json
+from ..conversion import CONFIG_NAME
 from ..data import Augmentation, DataOptions, RandomCrops, read_images
 from ..models.latent_space import CALIBRATION_KEY
 from ..network import downsampling_factor
@@ -117,7 +117,7 @@ def apply_calibration(vae, calibration: Calibration) -> None:
 
 def write_calibration(folder: str | Path, calibration: Calibration) -> Path:
     """Update a model folder's ``config.json`` in place, atomically; the weights are not rewritten."""
-    path = Path(folder) / conversion.CONFIG_NAME
-    config = conversion.read_json(path)
+    path = Path(folder) / CONFIG_NAME
+    config = read_json(path)
     config.update(config_values(calibration))
-    return conversion.write_json(config, path)
+    return write_json(config, path)

@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from conversion import atomic_path
-
+from ..base.files import atomic_path
 from ..data import to_image
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import conversion
-
+from ..base.files import read_json
 from ..models import load_vae
 from ..models.hub_repo import PushResult, push_token, push_vae
 from ..models.run_layout import METRICS, RECONSTRUCTIONS
@@ -40,6 +39,6 @@ def push_run(source: str | os.PathLike, repo_id: str, subfolder: str | None = No
     metrics = grid = None
     if location.run is not None:
         if (metrics_file := _run_file(location.run, METRICS)) is not None:
-            metrics = conversion.read_json(metrics_file)
+            metrics = read_json(metrics_file)
         grid = _run_file(location.run, RECONSTRUCTIONS)
     return push_vae(load_vae(location.path), repo_id, metrics=metrics, reconstructions=grid, **kwargs)

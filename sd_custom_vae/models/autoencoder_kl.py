@@ -21,10 +21,8 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-import conversion
-from conversion import LATENT_SPACE
-
 from ..network import DEFAULT, AttentionBlockProcessor, NearestUpsampleConv2d, VAEModules, check_input
+from ..network.config import ARCHITECTURE_KEYS, DIFFUSERS_DOWN_BLOCK, DIFFUSERS_UP_BLOCK, LATENT_SPACE, validate_config
 from . import fp16, tiling
 from .checkpoint_io import CheckpointIO
 
@@ -70,13 +68,13 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
         # AutoencoderKL.__init__ would build diffusers' Encoder and Decoder: go past it, to ModelMixin's.
         super(AutoencoderKL, self).__init__()
         # @register_to_config has recorded every argument in self.config before this body runs
-        conversion.validate_config(dict(self.config))
-        self.build_network(**{key: self.config[key] for key in conversion.ARCHITECTURE_KEYS})
+        validate_config(dict(self.config))
+        self.build_network(**{key: self.config[key] for key in ARCHITECTURE_KEYS})
         # A saved config names every level, as a stock AutoencoderKL's does.
         levels = len(block_out_channels)
         self.register_to_config(
-            down_block_types=[conversion.DIFFUSERS_DOWN_BLOCK] * levels,
-            up_block_types=[conversion.DIFFUSERS_UP_BLOCK] * levels
+            down_block_types=[DIFFUSERS_DOWN_BLOCK] * levels,
+            up_block_types=[DIFFUSERS_UP_BLOCK] * levels
         )
         self.use_slicing = False
         self.use_tiling = False

@@ -16,8 +16,22 @@ from typing import Self
 
 import torch
 
-import conversion
-
+from ..base.files import read_json
+from ..conversion import (
+    CONFIG_NAME,
+    DTYPES,
+    OURS,
+    WEIGHTS_NAME,
+    VAECheckpoint,
+    as_checkpoint,
+    check_values,
+    expected_tensors,
+    key_scheme,
+    load_checkpoint,
+    rename_to_ours,
+    shard_files,
+)
+from ..network.config import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from . import hub_repo
 from .scratch_vae import ScratchVAE
 from .sources import HUB_OPTIONS, locate
@@ -41,7 +55,7 @@ def as_dtype(value) -> torch.dtype:
         return value
     if isinstance(value, str):
         name = value.removeprefix("torch.")
-        dtype = conversion.DTYPES.get(name) or getattr(torch, name, None)
+        dtype = DTYPES.get(name) or getattr(torch, name, None)
         if isinstance(dtype, torch.dtype):
             return dtype
     raise TypeError(f"torch_dtype {value!r} is not a dtype: pass torch.float32, torch.float16 or torch.bfloat16")
@@ -54,9 +68,9 @@ def _check_config_fits_weights(folder: Path, config: dict, variant: str | None) 
     from safetensors import safe_open
 
     suffix = f".{variant}" if variant else ""
-    single = folder / f"{conversion.WEIGHTS_NAME}{suffix}.safetensors"
+    single = folder / f"{WEIGHTS_NAME}{suffix}.safetensors"
     index = single.with_name(single.name + ".index.json")
-    files = [single] if single.is_file() else conversion.shard_files(index) if index.is_file() else []
+    files = [single] if single.is_file() else shard_files(index) if index.is_file() else []
     if not files:
         return
     stored: dict[str, tuple[int, ...]] = {}
@@ -66,14 +80,14 @@ def _check_config_fits_weights(folder: Path, config: dict, variant: str | None) 
                 stored.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
     except Exception:  # noqa: BLE001 - an unreadable file is reported, with its name, when it is loaded
         return
-    shapes = conversion.expected_tensors(conversion.from_diffusers_config(config))
+    shapes = expected_tensors(from_diffusers_config(config))
     expected, held = sum(map(math.prod, shapes.values())), sum(map(math.prod, stored.values()))
     differing = [key for key in shapes if key in stored and shapes[key] != stored[key]]
     # Names in another scheme share no key with ours; then only the sizes can be compared.
     if differing or (not stored.keys() & shapes.keys() and expected > held):
         example = f" ('{differing[0]}' is {list(stored[differing[0]])} in the weights)" if differing else ""
         raise ValueError(
-            f"{folder / conversion.CONFIG_NAME} describes a VAE of {expected:,} parameters but its weights hold "
+            f"{folder / CONFIG_NAME} describes a VAE of {expected:,} parameters but its weights hold "
             f"{held:,}{example}: the config and the weights are not of one model"
         )
 
@@ -90,8 +104,8 @@ class CheckpointIO:
         diffusers would otherwise return a model with those weights left on the meta device.
         """
         local = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
-        if local.is_dir() and (local / conversion.CONFIG_NAME).is_file():
-            conversion.read_json(local / conversion.CONFIG_NAME)  # a malformed file is named, not a diffusers traceback
+        if local.is_dir() and (local / CONFIG_NAME).is_file():
+            read_json(local / CONFIG_NAME)  # a malformed file is named, not a diffusers traceback
         config = cls.load_config(
             pretrained_model_name_or_path, **{k: kwargs[k] for k in ("subfolder", *HUB_OPTIONS) if k in kwargs}
         )
@@ -128,18 +142,18 @@ class CheckpointIO:
             state_dict = {}
             for shard in resolved_model_file:
                 state_dict.update(load_state_dict(shard))
-        conversion.check_values(state_dict, str(pretrained_model_name_or_path))
-        if conversion.key_scheme(loaded_keys) != conversion.OURS.name:
-            state_dict = conversion.rename_to_ours(state_dict)
+        check_values(state_dict, str(pretrained_model_name_or_path))
+        if key_scheme(loaded_keys) != OURS.name:
+            state_dict = rename_to_ours(state_dict)
             loaded_keys = list(state_dict)
         return super()._load_pretrained_model(
             model, state_dict, resolved_model_file, pretrained_model_name_or_path, loaded_keys, *args, **kwargs
         )
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: conversion.VAECheckpoint, **config_overrides) -> Self:
-        """Build from a validated checkpoint (see ``conversion.load_checkpoint``)."""
-        config = {k: v for k, v in {**checkpoint.config, **config_overrides}.items() if k in conversion.CONFIG_KEYS}
+    def from_checkpoint(cls, checkpoint: VAECheckpoint, **config_overrides) -> Self:
+        """Build from a validated checkpoint (see ``load_checkpoint``)."""
+        config = {k: v for k, v in {**checkpoint.config, **config_overrides}.items() if k in CONFIG_KEYS}
         model = cls(**config)
         model.load_state_dict(checkpoint.state_dict)
         dtypes = {t.dtype for t in checkpoint.state_dict.values() if t.is_floating_point()}
@@ -169,17 +183,17 @@ class CheckpointIO:
         hub_options = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs}
         if isinstance(config, (str, os.PathLike)):
             config = dict(cls.load_config(config, subfolder=subfolder, **hub_options))
-        config = conversion.from_diffusers_config(config) if config else {}
-        overrides = {k: v for k, v in kwargs.items() if k in conversion.CONFIG_KEYS}
+        config = from_diffusers_config(config) if config else {}
+        overrides = {k: v for k, v in kwargs.items() if k in CONFIG_KEYS}
         unknown = sorted(set(kwargs) - set(overrides))
         if unknown:
             raise TypeError(f"from_single_file got unexpected keyword argument(s): {', '.join(unknown)}")
         source = pretrained_model_link_or_path_or_dict
         if isinstance(source, dict):
-            checkpoint = conversion.as_checkpoint(source, {**config, **overrides})
+            checkpoint = as_checkpoint(source, {**config, **overrides})
         else:
             path = locate(source, **hub_options)
-            checkpoint = conversion.load_checkpoint(path, {**config, **overrides})
+            checkpoint = load_checkpoint(path, {**config, **overrides})
         for key, value in checkpoint.assumed.items():
             warnings.warn(
                 f"{checkpoint.source}: assumed {key}={value}: the file does not record it and the weights cannot tell "
@@ -194,8 +208,8 @@ class CheckpointIO:
     def from_scratch_checkpoint(cls, path: str | os.PathLike, **overrides) -> Self:
         """Load a ``ScratchVAE`` state dict saved by training (our names, or those of sd-custom-vae 0.2),
         refusing any other scheme."""
-        checkpoint = conversion.load_checkpoint(path)
-        if checkpoint.scheme not in (conversion.OURS.name, "sd-custom-vae-0.2"):
+        checkpoint = load_checkpoint(path)
+        if checkpoint.scheme not in (OURS.name, "sd-custom-vae-0.2"):
             raise ValueError(
                 f"{path}: holds {checkpoint.scheme} key names, not a ScratchVAE state dict; use from_single_file"
             )
@@ -211,7 +225,7 @@ class CheckpointIO:
         return _cast(model, next(vae.parameters()).dtype)
 
     def to_scratch_vae(self) -> ScratchVAE:
-        architecture = {k: self.config[k] for k in conversion.ARCHITECTURE_KEYS}
+        architecture = {k: self.config[k] for k in ARCHITECTURE_KEYS}
         vae = ScratchVAE(**architecture)
         vae.load_state_dict(self.state_dict())
         return vae.to(self.dtype)
@@ -221,15 +235,15 @@ class CheckpointIO:
         """Same weights as a stock ``diffusers.AutoencoderKL`` (a model, a local folder or a Hub id)."""
         if isinstance(model_or_path, (str, os.PathLike)):
             return cls.from_pretrained(model_or_path, **kwargs)
-        config = conversion.from_diffusers_config(dict(model_or_path.config))
-        checkpoint = conversion.as_checkpoint(model_or_path.state_dict(), config, source=type(model_or_path).__name__)
+        config = from_diffusers_config(dict(model_or_path.config))
+        checkpoint = as_checkpoint(model_or_path.state_dict(), config, source=type(model_or_path).__name__)
         return cls.from_checkpoint(checkpoint)
 
     def to_autoencoder_kl(self):
         """A stock ``diffusers.AutoencoderKL`` with identical weights, on the same device and dtype."""
         from diffusers import AutoencoderKL
 
-        config = conversion.to_diffusers_config(dict(self.config))
+        config = to_diffusers_config(dict(self.config))
         model = AutoencoderKL.from_config({k: v for k, v in config.items() if not k.startswith("_")})
         model.load_state_dict(self.state_dict())  # the same names
         return _cast(model, self.dtype).to(self.device)

@@ -23,8 +23,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-import conversion
-
+from ..conversion import CONFIG_NAME, WEIGHTS_NAME, as_checkpoint, save_checkpoint
 from . import run_layout
 from .model_card import build_model_card
 
@@ -37,7 +36,7 @@ DEFAULT_TIMEOUT = 120.0
 # what a loader reads at the top of a repo (diffusers, from_single_file, A1111/ComfyUI): left from an earlier
 # push beside new weights, it would be loaded, or offered, in their place
 LOADED_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".index.json")
-LOADED_NAMES = (conversion.CONFIG_NAME, run_layout.RECONSTRUCTIONS)
+LOADED_NAMES = (CONFIG_NAME, run_layout.RECONSTRUCTIONS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -130,15 +129,15 @@ def stage_repo(
     """Write everything the repo should hold into `folder`; returns the repo paths written."""
     check_format(format)
     config = dict(vae.config)
-    checkpoint = conversion.as_checkpoint(vae.state_dict(), config, source=type(vae).__name__)
+    checkpoint = as_checkpoint(vae.state_dict(), config, source=type(vae).__name__)
     written = []
     if format in ("diffusers", "both"):
-        conversion.save_checkpoint(checkpoint, folder, to="diffusers", overwrite=True)
-        written += [conversion.CONFIG_NAME, f"{conversion.WEIGHTS_NAME}.safetensors"]
+        save_checkpoint(checkpoint, folder, to="diffusers", overwrite=True)
+        written += [CONFIG_NAME, f"{WEIGHTS_NAME}.safetensors"]
     ldm_file = None
     if format in ("ldm", "both"):
         ldm_file = f"{repo_id.split('/')[-1]}.safetensors"
-        conversion.save_checkpoint(checkpoint, folder / ldm_file, to="ldm")
+        save_checkpoint(checkpoint, folder / ldm_file, to="ldm")
         written.append(ldm_file)
     grid = None
     if reconstructions is not None and Path(reconstructions).is_file():

@@ -2,7 +2,7 @@
 
 A UNet is trained on latents of roughly unit variance: pipelines feed it ``(z - shift_factor) *
 scaling_factor`` (or use ``latents_mean``/``latents_std``). These settings live in the VAE's config,
-not its weights (``conversion.LATENT_SPACE_KEYS``); a student that reproduces a teacher's latents
+not its weights (``LATENT_SPACE_KEYS``); a student that reproduces a teacher's latents
 inherits them, and ``calibrate`` measures them for a new VAE.
 
 "Never calibrated" rule: a VAE counts as calibrated when its config carries the record ``calibrate``
@@ -13,15 +13,15 @@ inherited a number measured on someone else's encoder.
 
 from __future__ import annotations
 
-import conversion
+from ..network.config import LATENT_SPACE, LATENT_SPACE_KEYS
 
-DEFAULT_SCALING_FACTOR = conversion.LATENT_SPACE.scaling_factor  # CustomAutoencoderKL's (and AutoencoderKL's) default
+DEFAULT_SCALING_FACTOR = LATENT_SPACE.scaling_factor  # CustomAutoencoderKL's (and AutoencoderKL's) default
 # Underscore: diffusers keeps such config keys through save_pretrained/from_pretrained without passing
 # them to __init__, and without warning about unexpected attributes.
 CALIBRATION_KEY = "_calibration"
 # What a VAE speaking another's latent space takes from it: how its latents are scaled, and the record
 # of how that was measured (sample_size is about images, not latents).
-INHERITED_KEYS = (*(key for key in conversion.LATENT_SPACE_KEYS if key != "sample_size"), CALIBRATION_KEY)
+INHERITED_KEYS = (*(key for key in LATENT_SPACE_KEYS if key != "sample_size"), CALIBRATION_KEY)
 
 
 def is_calibrated(config) -> bool:

@@ -20,8 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import conversion
-
+from ..conversion import CONFIG_NAME
 from ..data import looks_like_a_path
 from . import run_layout
 
@@ -100,14 +99,14 @@ def resolve(name: str | os.PathLike, subfolder: str | None = None, **hub_options
     """The model `name` means (see the module docstring): a run's ``model/``, a pipeline's ``vae/``, a model
     folder or a checkpoint file. A folder that is none of these is an error naming what it lacks."""
     path = locate(name, subfolder, **hub_options)
-    if (path / run_layout.MODEL_DIR / conversion.CONFIG_NAME).is_file():
+    if (path / run_layout.MODEL_DIR / CONFIG_NAME).is_file():
         return ModelLocation(path / run_layout.MODEL_DIR, run=path)
     if (path / PIPELINE_INDEX).is_file() and (path / "vae").is_dir():
         path = path / "vae"
-    if path.is_dir() and not (path / conversion.CONFIG_NAME).is_file():
+    if path.is_dir() and not (path / CONFIG_NAME).is_file():
         raise FileNotFoundError(
-            f"{path}: a folder with no {conversion.CONFIG_NAME}: neither a training run (no {run_layout.MODEL_DIR}/"
-            f"{conversion.CONFIG_NAME}), a pipeline (no vae/) nor a VAE model folder"
+            f"{path}: a folder with no {CONFIG_NAME}: neither a training run (no {run_layout.MODEL_DIR}/"
+            f"{CONFIG_NAME}), a pipeline (no vae/) nor a VAE model folder"
         )
     # the model folder of a run: its metrics and pictures belong with it
     run = path.parent if path.name == run_layout.MODEL_DIR and (path.parent / run_layout.METRICS).is_file() else None

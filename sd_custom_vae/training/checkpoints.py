@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-import conversion
-
+from ..base.files import write_json
+from ..conversion import write_safetensors
 from ..models.run_layout import CHECKPOINTS_DIR
 
 # the files of a checkpoint folder
@@ -74,9 +74,9 @@ def save(run: Path, step: int, files: dict[str, object], keep: int) -> Path:
         for name, content in files.items():
             if name.endswith(".safetensors"):
                 tensors, config = content
-                conversion.write_safetensors(tensors, tmp / name, config=config)
+                write_safetensors(tensors, tmp / name, config=config)
             elif name.endswith(".json"):
-                conversion.write_json(content, tmp / name)
+                write_json(content, tmp / name)
             else:
                 torch.save(content, tmp / name)
         shutil.rmtree(folder, ignore_errors=True)

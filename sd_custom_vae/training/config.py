@@ -16,9 +16,8 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 
-import conversion
-
 from ..evaluation.metrics import check_crop_side
+from ..network.config import ARCHITECTURE_KEYS, validate_config
 
 # diffusers.optimization.SchedulerType's values, the schedules get_scheduler builds
 LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -193,11 +192,11 @@ class TrainConfig:
                         "--eval-resolution" if self.eval_resolution else "--resolution")
         if self.perceptual_weight > 0:
             check_crop_side(self.resolution, "--resolution", "st_lpips", instead=", or --perceptual-weight 0")
-        unknown = sorted(set(self.model) - set(conversion.ARCHITECTURE_KEYS))
+        unknown = sorted(set(self.model) - set(ARCHITECTURE_KEYS))
         if unknown:
             raise ValueError(f"option model has unknown key(s) {unknown}; "
-                             f"ScratchVAE takes {', '.join(conversion.ARCHITECTURE_KEYS)}")
-        conversion.validate_config(self.model)
+                             f"ScratchVAE takes {', '.join(ARCHITECTURE_KEYS)}")
+        validate_config(self.model)
         return self
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conversion import atomic_path
+from ..base.files import atomic_path
 
 TERM_TITLES = {
     "reconstruction": "reconstruction loss", "kl": "KL to N(0, I) (per sample)", "perceptual": "perceptual (ST-LPIPS)",

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import conversion
-
+from ..base.files import atomic_folder, write_json
 from ..data import DataOptions
 from ..evaluation.calibrate import apply_calibration, calibrate
 from ..models import CustomAutoencoderKL, ScratchVAE
@@ -37,7 +36,7 @@ def as_pipeline_model(vae: ScratchVAE, objective: Objective, config: TrainConfig
 
 def write_results(run: Path, model: CustomAutoencoderKL, summary: dict, history: list[dict],
                   val_history: list[dict]) -> None:
-    with conversion.atomic_folder(run / MODEL_DIR, overwrite=True) as staging:  # this run's own
+    with atomic_folder(run / MODEL_DIR, overwrite=True) as staging:  # this run's own
         model.save_pretrained(staging)
-    conversion.write_json(summary, run / METRICS)
+    write_json(summary, run / METRICS)
     save_loss_curve(history, val_history, run / LOSS_CURVE)

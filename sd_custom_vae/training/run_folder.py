@@ -25,8 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-import conversion
-
+from ..base.files import atomic_folder, check_writable
 from ..models.run_layout import TRAIN_CONFIG
 
 LOCK = ".lock"
@@ -90,7 +89,7 @@ class RunFolder:
         if self.overwrite and path.exists() and _inside(Path.cwd(), path):
             raise ValueError(f"--output {path} holds the current folder, which --overwrite cannot replace; "
                              "choose another --output")
-        conversion.check_writable(path / TRAIN_CONFIG)
+        check_writable(path / TRAIN_CONFIG)
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"--output {path} is a file, not a folder")
         if self.resuming:
@@ -128,7 +127,7 @@ class RunFolder:
             # our lock leaves with the old folder; the new one is born locked
             fd = None
             try:
-                with conversion.atomic_folder(self.path, overwrite=True) as staging:
+                with atomic_folder(self.path, overwrite=True) as staging:
                     fd = self._write_lock(staging / LOCK)
             except BaseException:
                 if fd is not None:

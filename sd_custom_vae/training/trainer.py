@@ -24,8 +24,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-import conversion
-
+from ..base.files import write_json
+from ..conversion import OURS, key_scheme, rename_to_ours
 from ..data import MAX_UPSCALE, DataOptions, absolute, load_image_data
 from ..evaluation.perceptual import STLPIPS
 from ..models import ScratchVAE
@@ -225,8 +225,8 @@ class Trainer:
     def _load_state(self, files: dict, folder: Path) -> None:
         """Everything needed to continue exactly: weights, optimisation, step and logs."""
         weights = files[checkpoints.MODEL_WEIGHTS]
-        if conversion.key_scheme(weights) != conversion.OURS.name:  # a checkpoint from sd-custom-vae 0.2
-            weights = conversion.rename_to_ours(weights)
+        if key_scheme(weights) != OURS.name:  # a checkpoint from sd-custom-vae 0.2
+            weights = rename_to_ours(weights)
         try:
             self._plain_model().load_state_dict(weights)
         except RuntimeError as error:
@@ -265,7 +265,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         config, a = self.config, self.accelerator
         if a.is_main_process:
-            conversion.write_json(config.to_dict(), self.output / TRAIN_CONFIG)
+            write_json(config.to_dict(), self.output / TRAIN_CONFIG)
             for where in self.tracker.where:
                 tqdm.write(f"tracking: {where}")
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step",

@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 
 import conversion
 from sd_custom_vae import CustomAutoencoderKL
+from sd_custom_vae.base import files as base_files
 from sd_custom_vae.cli import main
+from sd_custom_vae.conversion import formats
 from sd_custom_vae.data import load_image_data, read_image
 from sd_custom_vae.models import run_layout
 from sd_custom_vae.training import TrainingDiverged, load_config, train
@@ -69,16 +71,16 @@ def test_convert_replaces_a_folder_only_when_asked_and_as_a_whole(tmp_path, caps
     fails(["convert", str(source), str(target), "--to", "diffusers"], capsys, f"{target} already exists", "--overwrite")
     assert digest(target) == before
 
-    real = conversion.files.write_json
+    real = base_files.write_json
 
     def interrupted(data, path):  # the weights are written, then the process dies before config.json
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(conversion.formats, "write_json", interrupted)
+    monkeypatch.setattr(formats, "write_json", interrupted)
     assert main(["convert", str(source), str(target), "--to", "diffusers", "--overwrite"]) == 130
     assert digest(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "in.safetensors"]  # no half folder left
-    monkeypatch.setattr(conversion.formats, "write_json", real)
+    monkeypatch.setattr(formats, "write_json", real)
     assert main(["convert", str(source), str(target), "--to", "diffusers", "--overwrite"]) == 0
     converted = CustomAutoencoderKL.from_pretrained(target)
     for key, value in vae.state_dict().items():
@@ -258,7 +260,7 @@ def test_disk_full_says_so_and_keeps_what_was_there(photos, tmp_path, capsys, mo
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
 
-    monkeypatch.setattr(conversion.formats, "save_file", full)
+    monkeypatch.setattr(formats, "save_file", full)
     fails(["convert", str(source), str(target), "--to", "ldm", "--norm-num-groups", "8", "--overwrite"], capsys,
           "disk full", code=1)
     assert target.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]

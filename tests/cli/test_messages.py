@@ -80,7 +80,7 @@ def test_sigterm_during_a_conversion_leaves_no_temporary_file(tmp_path):
 
 
 def test_sighup_a_closed_terminal_sends_stops_a_conversion_cleanly(tmp_path, capsys, monkeypatch):
-    import conversion
+    from sd_custom_vae.conversion import formats
 
     tiny_vae().save_pretrained(tmp_path / "vae")
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -88,7 +88,7 @@ def test_sighup_a_closed_terminal_sends_stops_a_conversion_cleanly(tmp_path, cap
     def hang_up(data, path):  # the weights are written, then the terminal closes
         os.kill(os.getpid(), signal.SIGHUP)
 
-    monkeypatch.setattr(conversion.formats, "write_json", hang_up)
+    monkeypatch.setattr(formats, "write_json", hang_up)
     assert main(["convert", str(tmp_path / "vae"), str(tmp_path / "out"), "--to", "diffusers"]) == 129
     assert "terminated (SIGHUP); nothing half-written was left" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no hidden temporary folder
@@ -96,7 +96,7 @@ def test_sighup_a_closed_terminal_sends_stops_a_conversion_cleanly(tmp_path, cap
 
     # under nohup, SIGHUP is ignored, and stays so: a closed terminal must not stop the command
     seen = []
-    monkeypatch.setattr(conversion.formats, "write_json",
+    monkeypatch.setattr(formats, "write_json",
                         lambda data, path: seen.append(signal.getsignal(signal.SIGHUP)))
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:

@@ -11,7 +11,7 @@ from factories import CONFIGS, TINY, stock_autoencoder_kl, tiny_vae
 
 import conversion
 from conversion import convert_state_dict, detect_scheme, expected_shapes
-from conversion.schemes import LEGACY, OURS, format_slot
+from sd_custom_vae.conversion.schemes import LEGACY, OURS, format_slot, parse_keys
 from sd_custom_vae import CustomAutoencoderKL, ScratchVAE
 
 TARGETS = ["diffusers", "ldm"]  # the course's layout holds one architecture only: test_course.py
@@ -49,7 +49,7 @@ def test_our_models_carry_diffusers_names():
 
 def test_files_of_sd_custom_vae_0_2_are_read_in_their_names():
     state_dict = ScratchVAE(**TINY).state_dict()
-    slots = conversion.schemes.parse_keys(state_dict, OURS)[0]
+    slots = parse_keys(state_dict, OURS)[0]
     old = {format_slot(slot, LEGACY, 2): state_dict[key] for key, slot in slots.items()}
     assert "encoder.down.0.res_blocks.0.conv1.weight" in old and "encoder.mid.attn.query.weight" in old
     assert detect_scheme(old, TINY["norm_num_groups"]).scheme == "sd-custom-vae-0.2"

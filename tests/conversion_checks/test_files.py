@@ -11,8 +11,9 @@ from helpers import fails
 from safetensors.torch import save_file
 
 import conversion
-from conversion import formats
 from sd_custom_vae import CustomAutoencoderKL
+from sd_custom_vae.base import files as base_files
+from sd_custom_vae.conversion import formats
 from sd_custom_vae.models import load_vae
 
 
@@ -165,9 +166,9 @@ def test_a_folder_swap_is_one_step_where_the_system_can(tmp_path, monkeypatch):
     out = _old_and_new(tmp_path)
     probe_a, probe_b = tmp_path / "a", tmp_path / "b"
     probe_a.mkdir(), probe_b.mkdir()
-    if not conversion.files.exchange(probe_a, probe_b):
+    if not base_files.exchange(probe_a, probe_b):
         pytest.skip("this file system cannot exchange two paths in one step")
-    monkeypatch.setattr(conversion.files.os, "rename", lambda *a: pytest.fail("two renames where one exchange does"))
+    monkeypatch.setattr(base_files.os, "rename", lambda *a: pytest.fail("two renames where one exchange does"))
     with conversion.atomic_folder(out, overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
@@ -181,7 +182,7 @@ def test_ctrl_c_between_the_two_renames_of_a_folder_swap_waits_for_the_second(tm
     import signal
 
     out = _old_and_new(tmp_path)
-    monkeypatch.setattr(conversion.files, "exchange", lambda a, b: False)
+    monkeypatch.setattr(base_files, "exchange", lambda a, b: False)
     real_rename = os.rename
     renames = []
 
@@ -191,7 +192,7 @@ def test_ctrl_c_between_the_two_renames_of_a_folder_swap_waits_for_the_second(tm
         if len(renames) == 1:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, now: between the two renames
 
-    monkeypatch.setattr(conversion.files.os, "rename", rename)
+    monkeypatch.setattr(base_files.os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
         with conversion.atomic_folder(out, overwrite=True) as staging:
             (staging / "new.txt").write_text("new")
@@ -204,7 +205,7 @@ def test_a_failed_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
     import os
 
     out = _old_and_new(tmp_path)
-    monkeypatch.setattr(conversion.files, "exchange", lambda a, b: False)
+    monkeypatch.setattr(base_files, "exchange", lambda a, b: False)
     real_rename = os.rename
     renames = []
 
@@ -214,7 +215,7 @@ def test_a_failed_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
             raise OSError(errno.EIO, "I/O error")
         real_rename(source, target)
 
-    monkeypatch.setattr(conversion.files.os, "rename", rename)
+    monkeypatch.setattr(base_files.os, "rename", rename)
     with pytest.raises(OSError, match="I/O error"):
         with conversion.atomic_folder(out, overwrite=True) as staging:
             (staging / "new.txt").write_text("new")

@@ -17,6 +17,7 @@ import conversion
 from conversion import convert_state_dict
 from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.cli import main
+from sd_custom_vae.conversion import formats
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -209,7 +210,7 @@ def test_failed_write_keeps_the_previous_file(vae, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(conversion.formats, "save_file", explode)
+    monkeypatch.setattr(formats, "save_file", explode)
     with pytest.raises(OSError, match="disk full"):
         conversion.write_safetensors(vae.state_dict(), target)
     assert target.read_bytes() == b"previous good file"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from ..base.files import check_new
+from ..network.config import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from . import course
-from .configs import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from .detect import Detection, _first, detect_scheme
-from .files import check_new
 from .formats import read_checkpoint, write_model_folder, write_safetensors
 from .schemes import OURS, SCHEMES, adapt_tensor, count_levels, expected_shapes, format_slot, get_scheme, parse_keys
 

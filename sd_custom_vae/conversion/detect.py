@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sd_custom_vae.network import DEFAULT
+from ..network import DEFAULT
 
 from . import course
 from .schemes import OURS, SCHEMES, Slot, count_levels, parse_keys

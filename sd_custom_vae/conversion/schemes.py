@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 # the one definition of the network's structure, and what a config that leaves an architecture key out means
-from sd_custom_vae.network import ARCHITECTURE_KEYS, DEFAULT, VAEModules
+from ..network import ARCHITECTURE_KEYS, DEFAULT, VAEModules
 
 # The parts of a layer, by scheme-neutral names that each scheme spells its own way.
 RESIDUAL_PARTS = ("norm1", "conv1", "norm2", "conv2", "shortcut")

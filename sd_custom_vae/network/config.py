@@ -1,4 +1,4 @@
-"""A VAE's config: every key, its type and range, checked in one place; ours ⇄ a diffusers ``config.json``.
+"""A VAE's AutoencoderKL config: every key, its type and range, checked in one place; ours ⇄ a ``config.json``.
 
 The architecture keys, their defaults and their checks are the network's (``sd_custom_vae.network.architecture``);
 this module adds how latents are scaled for a diffusion model (``LATENT_SPACE_KEYS``, not visible in the weights)
@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, fields
 from numbers import Real
 
-from sd_custom_vae.network.architecture import ARCHITECTURE_KEYS, DEFAULT, is_int, validate_architecture
+import diffusers
+
+from .architecture import ARCHITECTURE_KEYS, DEFAULT, is_int, validate_architecture
 
 
 @dataclass(frozen=True)
@@ -97,15 +99,6 @@ def check_diffusers_only_keys(config: dict, levels: int | None) -> None:
         raise ValueError(f"config act_fn is {config['act_fn']!r}; the supported value is {DIFFUSERS_ACTIVATION!r}")
 
 
-def _diffusers_version() -> str:
-    try:
-        import diffusers
-
-        return diffusers.__version__
-    except ImportError:  # conversion works without diffusers installed
-        return "0.0.0"
-
-
 def from_diffusers_config(config: dict) -> dict:
     """Read a diffusers AutoencoderKL (or our own) ``config.json`` into our config keys, validated."""
     if not isinstance(config, dict):
@@ -124,7 +117,7 @@ def to_diffusers_config(config: dict) -> dict:
     levels = len(config["block_out_channels"])
     out = {
         "_class_name": "AutoencoderKL",
-        "_diffusers_version": _diffusers_version(),
+        "_diffusers_version": diffusers.__version__,
         "down_block_types": [DIFFUSERS_DOWN_BLOCK] * levels,
         "up_block_types": [DIFFUSERS_UP_BLOCK] * levels,
         "act_fn": DIFFUSERS_ACTIVATION,

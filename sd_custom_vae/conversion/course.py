@@ -20,8 +20,7 @@ import re
 
 import torch
 
-from sd_custom_vae.network import GROUP_NORM_EPS
-
+from ..network import GROUP_NORM_EPS
 from .schemes import expected_tensors
 
 NAME = "course"

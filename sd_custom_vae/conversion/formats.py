@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .files import atomic_folder, atomic_path, read_json, write_json
+from ..base.files import atomic_folder, atomic_path, read_json, write_json
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHTS_NAME = "diffusion_pytorch_model"
