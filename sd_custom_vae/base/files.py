@@ -30,6 +30,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UserError
+
 # what a swap of two folders must not be parted by: each would end the process between its two renames
 HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -215,9 +217,9 @@ def read_json(path: str | os.PathLike) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not a text file ({error.reason} at byte {error.start})") from None
+        raise UserError(f"{path}: not a text file ({error.reason} at byte {error.start})") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}") from None
+        raise UserError(f"{path}: not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -19,6 +19,7 @@ import sys
 import warnings
 
 from .. import __version__
+from ..base.errors import UserError
 from .redact import Redacting, known_secrets, redact, redacting_logs
 
 # In the order `--help` lists them. Each module defines register(subparsers) and sets a handler.
@@ -71,7 +72,7 @@ def data_options(args: argparse.Namespace):
 def positive(flag: str, value: int | float | None, minimum: float = 1) -> None:
     """Refuse a number option below `minimum`, naming the flag."""
     if value is not None and not value >= minimum:
-        raise ValueError(f"{flag} must be at least {minimum:g}, got {value}")
+        raise UserError(f"{flag} must be at least {minimum:g}, got {value}")
 
 
 def pick_device(requested: str | None) -> str:
@@ -85,14 +86,14 @@ def pick_device(requested: str | None) -> str:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ValueError(f"--device {requested!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+        raise UserError(f"--device {requested!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
         "mps": torch.backends.mps.is_available(),
     }.get(device.type, False)
     if not available:
-        raise ValueError(f"--device {requested}: this machine has no such device; use --device cpu (or leave it out)")
+        raise UserError(f"--device {requested}: this machine has no such device; use --device cpu (or leave it out)")
     return requested
 
 
@@ -113,7 +114,7 @@ def describe(error: BaseException) -> tuple[str, int]:
             f"cannot reach the Hugging Face Hub ({type(error).__name__}: {error}); check the network and HF_ENDPOINT",
             1,
         )
-    if isinstance(error, (ValueError, TypeError, LookupError, OSError)):
+    if isinstance(error, (UserError, OSError)):  # bad input, or a file the system refused: the user can fix it
         return str(error) or type(error).__name__, 2
     from ..training import TrainingDiverged
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..base.errors import UserError
 from . import add_data_flags, add_model_argument, add_output_flags, data_options
 
 
@@ -40,16 +41,16 @@ def run(args: argparse.Namespace) -> int:
     from . import pick_device, positive
 
     if args.data is None:
-        raise ValueError('--data is required: the images to measure the latents on (or "builtin")')
+        raise UserError('--data is required: the images to measure the latents on (or "builtin")')
     positive("--crops", args.crops)
     positive("--batch-size", args.batch_size)
     positive("--resolution", args.resolution, 8)
     in_place = args.output is None
     if in_place and not Path(args.vae).exists() and parse_hub_name(args.vae):
-        raise ValueError(f"{args.vae} is on the Hub, not a local folder to update in place; pass --output FOLDER")
+        raise UserError(f"{args.vae} is on the Hub, not a local folder to update in place; pass --output FOLDER")
     source = resolve(args.vae, args.subfolder).path
     if in_place and not (source / CONFIG_NAME).is_file():
-        raise ValueError(f"{source} has no config.json to update (a single checkpoint file?); pass --output FOLDER")
+        raise UserError(f"{source} has no config.json to update (a single checkpoint file?); pass --output FOLDER")
     target = source / CONFIG_NAME if in_place else Path(args.output)
     # before the encoding work; updating the model's own config.json in place is what calibrate is asked to do
     check_writable(target) if in_place else check_new(target, args.overwrite)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..base.errors import UserError
 from ..data.crops import PROTOCOLS
 from ..evaluation.quality import METRICS
 from . import add_data_flags, add_model_argument, add_output_flags, data_options
@@ -40,7 +41,7 @@ def _metrics(requested: str | None) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(m.strip() for m in requested.split(",") if m.strip()))
     unknown = [m for m in chosen if m not in METRICS]
     if unknown or not chosen:
-        raise ValueError(f"--metrics {requested!r}: choose from {', '.join(METRICS)}")
+        raise UserError(f"--metrics {requested!r}: choose from {', '.join(METRICS)}")
     return chosen
 
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         for label, vae in vaes.items():
             if (vae.config.latent_channels != teacher.config.latent_channels
                     or vae.downsampling_factor != teacher.downsampling_factor):
-                raise ValueError(
+                raise UserError(
                     f"{label} makes latents of {vae.config.latent_channels} channels at 1/{vae.downsampling_factor} "
                     f"of the image, the teacher {args.teacher} of {teacher.config.latent_channels} at "
                     f"1/{teacher.downsampling_factor}: a latent space can only be compared with one of its shape"
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         images, where = read_images(args.data, args.resolution, data_options(args), limit=args.max_images)
     factors = {v.downsampling_factor for v in vaes.values()}
     if any(args.resolution % f for f in factors):
-        raise ValueError(f"--resolution {args.resolution} must be a multiple of every VAE's downsampling factor "
+        raise UserError(f"--resolution {args.resolution} must be a multiple of every VAE's downsampling factor "
                          f"{sorted(factors)}")
     crops = protocol_crops(list(images), args.protocol, args.resolution, args.crops_per_image)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..base.errors import UserError
 from ..base.files import atomic_path, check_new
 from ..conversion import DTYPES
 from . import add_output_flags
@@ -50,15 +51,15 @@ def run(args: argparse.Namespace) -> int:
     positive("--width", args.width, 8)
     for flag, side in (("--height", args.height), ("--width", args.width)):
         if side is not None and side > MAX_SIDE:
-            raise ValueError(f"{flag} {side} is too large: at most {MAX_SIDE} px (Stable Diffusion models draw at "
+            raise UserError(f"{flag} {side} is too large: at most {MAX_SIDE} px (Stable Diffusion models draw at "
                              f"512-1024 px, and at {MAX_SIDE} px one activation of the VAE's decoder already takes "
                              "16 GiB)")
     if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
-        raise ValueError(f"--guidance-scale must be a number of 0 or more (1: no guidance), got {args.guidance_scale}")
+        raise UserError(f"--guidance-scale must be a number of 0 or more (1: no guidance), got {args.guidance_scale}")
     output = check_new(args.output, args.overwrite)  # before minutes of loading
     image_format = Image.registered_extensions().get(output.suffix.lower())
     if image_format is None:
-        raise ValueError(f"{output}: unknown image extension {output.suffix!r}; use .png")
+        raise UserError(f"{output}: unknown image extension {output.suffix!r}; use .png")
     device = pick_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp32" if device == "cpu" else "fp16")
     dtype = DTYPES[dtype_name]

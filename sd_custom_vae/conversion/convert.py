@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..base.errors import UserError
 from ..base.files import check_new
 from ..network.config import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from . import course
@@ -32,7 +33,7 @@ def resolve_target(name: str) -> str:
                       FutureWarning, stacklevel=3)
         return new
     if name not in TARGETS:
-        raise ValueError(f"unknown output format {name!r}; expected one of {', '.join(TARGETS)}")
+        raise UserError(f"unknown output format {name!r}; expected one of {', '.join(TARGETS)}")
     return name
 
 
@@ -65,7 +66,7 @@ def _checked_detection(state_dict: dict[str, torch.Tensor], config: dict | None,
         stored = config.get(key)
         stored = tuple(stored) if isinstance(stored, list) else stored
         if stored is not None and stored != detection.config[key]:
-            raise ValueError(f"{source}: config says {key}={stored!r} "
+            raise UserError(f"{source}: config says {key}={stored!r} "
                              f"but the weights have {key}={detection.config[key]!r}")
     config.update(detection.config)
     for key, value in detection.implied.items():
@@ -76,16 +77,16 @@ def _checked_detection(state_dict: dict[str, torch.Tensor], config: dict | None,
     present = {slot: key for key, slot in detection.slots.items()}
     unexpected = [key for slot, key in present.items() if slot not in expected]
     if unexpected:
-        raise ValueError(f"{source}: {len(unexpected)} unexpected key(s) for this architecture: {_first(unexpected)}")
+        raise UserError(f"{source}: {len(unexpected)} unexpected key(s) for this architecture: {_first(unexpected)}")
     spelling = detection.scheme if detection.scheme in SCHEMES else OURS  # the course's keys were renamed to ours
     missing = [format_slot(slot, spelling, num_levels) for slot in expected if slot not in present]
     if missing:
-        raise ValueError(f"{source}: {len(missing)} missing key(s): {_first(missing)}")
+        raise UserError(f"{source}: {len(missing)} missing key(s): {_first(missing)}")
     for slot, shape in expected.items():
         key = present[slot]
         found = tuple(adapt_tensor(slot, detection.state_dict[key], OURS).shape)
         if found != shape:
-            raise ValueError(
+            raise UserError(
                 f"{source}: shape mismatch for {key!r}: the checkpoint has {tuple(detection.state_dict[key].shape)}, "
                 f"the architecture read from the other weights needs {shape}"
             )
@@ -98,16 +99,16 @@ def check_values(state_dict: dict[str, torch.Tensor], source: str, dtype: torch.
     naming the tensor. A NaN, an inf or an integer weight is a broken checkpoint, not a VAE."""
     for key, tensor in state_dict.items():
         if not tensor.is_floating_point():
-            raise ValueError(f"{source}: tensor {key!r} holds {tensor.dtype} values; VAE weights are floating point")
+            raise UserError(f"{source}: tensor {key!r} holds {tensor.dtype} values; VAE weights are floating point")
         if tensor.dtype.itemsize == 1:  # float8: stored in it, computed in a wider type
             tensor = tensor.float()
         if not torch.isfinite(tensor).all():
             bad = (~torch.isfinite(tensor)).sum().item()
-            raise ValueError(f"{source}: tensor {key!r} holds {bad} NaN or infinite value(s): the checkpoint is broken")
+            raise UserError(f"{source}: tensor {key!r} holds {bad} NaN or infinite value(s): the checkpoint is broken")
         if dtype is not None and tensor.numel():
             largest, limit = tensor.abs().max().item(), torch.finfo(dtype).max
             if largest > limit:
-                raise ValueError(
+                raise UserError(
                     f"{source}: tensor {key!r} has a value of magnitude {largest:.4g}, beyond {dtype}'s range "
                     f"({limit:.4g}): it would become infinite; keep a wider dtype"
                 )
@@ -194,7 +195,7 @@ def load_checkpoint(path: str | os.PathLike, config: dict | None = None, variant
         value = tuple(value) if isinstance(value, list) else value
         # what the file records about its architecture is a fact about its weights, not a default to override
         if key in ARCHITECTURE_KEYS and key in merged and merged[key] != value:
-            raise ValueError(f"{path} records {key}={merged[key]!r}, not {value!r}: a value given for {key} is for "
+            raise UserError(f"{path} records {key}={merged[key]!r}, not {value!r}: a value given for {key} is for "
                              "files that do not record it; leave it out")
         merged[key] = value
     return as_checkpoint(tensors, merged, source=str(path))
@@ -214,9 +215,9 @@ def save_checkpoint(
     output = check_new(output, overwrite)
     folder = to == "diffusers" and output.suffix != ".safetensors"
     if not folder and output.suffix != ".safetensors":
-        raise ValueError(f"{output}: {to} output is a single file and must end in .safetensors")
+        raise UserError(f"{output}: {to} output is a single file and must end in .safetensors")
     if folder and output.suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        raise ValueError(f"{output}: diffusers output is a model folder or a .safetensors file, "
+        raise UserError(f"{output}: diffusers output is a model folder or a .safetensors file, "
                          f"not a {output.suffix} file")
     renamed = convert_state_dict(cast(checkpoint.state_dict, dtype, checkpoint.source), to, checkpoint.config)
     if folder:
@@ -232,7 +233,7 @@ def cast(
         return state_dict
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+            raise UserError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
         dtype = DTYPES[dtype]
     check_values(state_dict, source, dtype)
     return {k: v.to(dtype) for k, v in state_dict.items()}

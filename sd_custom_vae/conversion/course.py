@@ -20,6 +20,7 @@ import re
 
 import torch
 
+from ..base.errors import UserError
 from ..network import GROUP_NORM_EPS
 from .schemes import expected_tensors
 
@@ -110,7 +111,7 @@ def from_course(state_dict: dict[str, torch.Tensor], source: str = "state dict")
         tensor = state_dict[course]
         if isinstance(ours, tuple):
             if tensor.shape[0] % 3:
-                raise ValueError(f"{source}: {course!r} has shape {tuple(tensor.shape)}: "
+                raise UserError(f"{source}: {course!r} has shape {tuple(tensor.shape)}: "
                                  "not query, key and value stacked")
             renamed.update(zip(ours, tensor.chunk(3, dim=0)))
         else:
@@ -119,7 +120,7 @@ def from_course(state_dict: dict[str, torch.Tensor], source: str = "state dict")
     for keys, what in ((unknown, "are not part of"), (missing, "are missing from")):
         if keys:
             shown = ", ".join(repr(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-            raise ValueError(f"{source}: {len(keys)} key(s) {what} the course's VAE_Encoder/VAE_Decoder layout: "
+            raise UserError(f"{source}: {len(keys)} key(s) {what} the course's VAE_Encoder/VAE_Decoder layout: "
                              f"{shown}")
     return renamed
 
@@ -132,7 +133,7 @@ def check_holds(config: dict) -> None:
         if (tuple(config[key]) if isinstance(config[key], list) else config[key]) != value
     ]
     if differences:
-        raise ValueError(
+        raise UserError(
             "the course's VAE_Encoder/VAE_Decoder have SD 1.x's fixed architecture and cannot hold this VAE: "
             + "; ".join(differences)
         )

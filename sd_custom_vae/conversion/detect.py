@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..base.errors import UserError
 from ..network import DEFAULT
-
 from . import course
 from .schemes import OURS, SCHEMES, Slot, count_levels, parse_keys
 
@@ -52,7 +52,7 @@ def detect_scheme(state_dict: dict[str, torch.Tensor], norm_num_groups: int | No
     The course's layout (``course.py``) is recognised by its positional keys and renamed to ours first.
     """
     if not isinstance(state_dict, dict) or not state_dict:
-        raise ValueError("the state dict is empty: no VAE tensors to read")
+        raise UserError("the state dict is empty: no VAE tensors to read")
     prefix, vae_dict, ignored = _strip_prefix(state_dict)
     extra = [k for k in vae_dict if k.startswith(NON_NETWORK_PREFIXES)]
     for key in extra:
@@ -71,12 +71,12 @@ def detect_scheme(state_dict: dict[str, torch.Tensor], norm_num_groups: int | No
     scheme = max(parsed, key=lambda name: len(parsed[name][0]))
     slots, unknown = parsed[scheme]
     if not any(s.kind in ("down_res", "up_res") for s in slots.values()):
-        raise ValueError(
+        raise UserError(
             "no VAE encoder/decoder keys found in this state dict "
             f"(it has {len(state_dict)} keys, e.g. {_first(list(state_dict), 3)})"
         )
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"{len(unknown)} key(s) are not part of a {scheme} VAE: {_first(sorted(unknown))}"
         )
     config = infer_config(vae_dict, slots, norm_num_groups)
@@ -91,7 +91,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], slots: dict[str, Slot], no
     def shape(kind: str, side: str, block: int = 0, layer: int = 0, part: str = "") -> tuple[int, ...]:
         slot = Slot(kind, side, block, layer, part, "weight")
         if slot not in by_slot:
-            raise ValueError(f"cannot infer the architecture: the checkpoint has no tensor for {slot}")
+            raise UserError(f"cannot infer the architecture: the checkpoint has no tensor for {slot}")
         return tuple(by_slot[slot].shape)
 
     num_levels = count_levels(by_slot)
@@ -99,7 +99,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], slots: dict[str, Slot], no
     channels = tuple(shape("down_res", "encoder", i, 0, "conv1")[0] for i in range(num_levels))
     groups = norm_num_groups or DEFAULT.norm_num_groups
     if norm_num_groups is None and any(c % groups for c in channels):
-        raise ValueError(
+        raise UserError(
             f"block_out_channels {channels} are not all divisible by {groups}; the GroupNorm group "
             "count cannot be read from the weights, so pass norm_num_groups (or a config) explicitly"
         )

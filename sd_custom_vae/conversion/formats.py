@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..base.errors import UserError
 from ..base.files import atomic_folder, atomic_path, read_json, write_json
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -38,7 +39,7 @@ def read_checkpoint(path: str | os.PathLike, variant: str | None = None) -> tupl
     if path.is_dir():
         return _read_folder(path, variant)
     if not path.is_file():  # reading a named pipe would wait forever, a device read without end
-        raise ValueError(f"{path} is not a regular file (a named pipe, a socket or a device): give a checkpoint file")
+        raise UserError(f"{path} is not a regular file (a named pipe, a socket or a device): give a checkpoint file")
     # The content decides (a safetensors file renamed .ckpt is still safetensors); the suffix only says
     # what a file of neither kind was meant to be, for the error.
     kind = sniff(path) or {".safetensors": "safetensors", **dict.fromkeys(PICKLE_SUFFIXES, "pickle")}.get(path.suffix)
@@ -46,7 +47,7 @@ def read_checkpoint(path: str | os.PathLike, variant: str | None = None) -> tupl
         return _read_safetensors(path)
     if kind == "pickle":
         return _read_pickle(path), None
-    raise ValueError(
+    raise UserError(
         f"{path}: unrecognised checkpoint extension {path.suffix!r}; expected .safetensors, "
         f"{', '.join(PICKLE_SUFFIXES)} or a diffusers model folder"
     )
@@ -69,13 +70,13 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file (truncated or another format?): {error}") from error
+        raise UserError(f"{path}: not a readable safetensors file (truncated or another format?): {error}") from error
     try:
         config = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: the config in its metadata is not valid JSON ({error.msg})") from None
+        raise UserError(f"{path}: the config in its metadata is not valid JSON ({error.msg})") from None
     if config is not None and not isinstance(config, dict):
-        raise ValueError(f"{path}: the config in its metadata is a JSON {type(config).__name__}, not an object of "
+        raise UserError(f"{path}: the config in its metadata is a JSON {type(config).__name__}, not an object of "
                          "key: value; the file was not written by sd-custom-vae, or was altered")
     return tensors, config
 
@@ -86,22 +87,22 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch.load raises many types on garbage input
         if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
             unsupported = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
-            raise ValueError(
+            raise UserError(
                 f"{path}: refused to load: this pickle needs code beyond plain tensors and containers, and "
                 "pickles are only read with weights_only=True (which cannot run code). Convert it to safetensors "
                 f"in an environment you trust. {unsupported}"
             ) from error
-        raise ValueError(
+        raise UserError(
             f"{path}: not a readable PyTorch checkpoint (truncated or another format?): {type(error).__name__}: {error}"
         ) from error
     # Lightning and LDM training checkpoints keep the weights under "state_dict".
     while isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a dict of tensors, found a {type(loaded).__name__}")
+        raise UserError(f"{path}: expected a dict of tensors, found a {type(loaded).__name__}")
     tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(f"{path}: holds no tensors (top-level keys: {list(loaded)[:5]})")
+        raise UserError(f"{path}: holds no tensors (top-level keys: {list(loaded)[:5]})")
     return tensors
 
 
@@ -131,11 +132,11 @@ def shard_files(index: Path) -> list[Path]:
     requires), so that an index cannot make a conversion read, and embed, any other file on the machine."""
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index}: no weight_map of tensor names to shard files")
+        raise UserError(f"{index}: no weight_map of tensor names to shard files")
     shards = []
     for name in sorted(set(weight_map.values())):
         if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
-            raise ValueError(f"{index}: shard {name!r} is not a file name in the model's folder; a sharded folder's "
+            raise UserError(f"{index}: shard {name!r} is not a file name in the model's folder; a sharded folder's "
                              "weights are files beside its index")
         shards.append(index.parent / name)
     return shards

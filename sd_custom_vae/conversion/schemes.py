@@ -25,6 +25,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..base.errors import UserError
+
 # the one definition of the network's structure, and what a config that leaves an architecture key out means
 from ..network import ARCHITECTURE_KEYS, DEFAULT, VAEModules
 
@@ -142,7 +144,7 @@ def get_scheme(name: str) -> Scheme:
     try:
         return SCHEMES[name]
     except KeyError:
-        raise ValueError(f"unknown naming scheme {name!r}; expected one of {sorted(SCHEMES)}") from None
+        raise UserError(f"unknown naming scheme {name!r}; expected one of {sorted(SCHEMES)}") from None
 
 
 def _part_names(scheme: Scheme, kind: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..base.errors import UserError
 from .colour import rotate_hue
 from .images import at_least, to_tensor
 from .sources import StreamSource, bucket
@@ -43,7 +44,7 @@ class RandomCrops(torch.utils.data.Dataset):
     def __init__(self, images: Sequence[Image.Image], resolution: int, seed: int = 0,
                  augmentation: Augmentation = Augmentation(), length: int = 2**62):
         if not len(images):
-            raise ValueError("no images to train on")
+            raise UserError("no images to train on")
         self.images, self.resolution, self.seed, self.length = images, resolution, seed, length
         self.augmentation = augmentation
         if isinstance(images, list):
@@ -126,7 +127,7 @@ class StreamCrops:
                     yield number, key, example
                     number += 1
             if not found:
-                raise ValueError(f"{self.source.description}: no training images in this process's share of the stream")
+                raise UserError(f"{self.source.description}: no training images in this process's share of the stream")
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
         """Batches from batch number `start` on: the images before it are skipped undecoded."""
@@ -169,7 +170,7 @@ def protocol_crops(images: list[Image.Image], protocol: str, resolution: int, pe
     if protocol == "crops":
         return evaluation_crops(images, resolution, per_image)
     if protocol != "sd-vae-card":
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     crops = []
     for image in images:
         scale = resolution / min(image.size)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from PIL import Image
 
+from ..base.errors import UserError
 from .images import decode_value
 from .sources import DataOptions, MapSource, StreamSource
 
@@ -49,7 +50,7 @@ def shard_files(data: str) -> list[str] | None:
         return None
     expanded = list(itertools.islice(expand_braces(data), MAX_SHARDS + 1))
     if len(expanded) > MAX_SHARDS:
-        raise ValueError(f"--data {data} names more than {MAX_SHARDS:,} shards: check the {{first..last}} range")
+        raise UserError(f"--data {data} names more than {MAX_SHARDS:,} shards: check the {{first..last}} range")
     names = []
     for name in expanded:
         if "://" in name:
@@ -71,13 +72,13 @@ def _image_column(features, requested: str | None, source: str) -> list[str]:
     columns = list(features) if features is not None else []
     if requested is not None:
         if features is not None and requested not in columns:
-            raise ValueError(f"--image-column {requested!r} is not a column of {source} (it has {', '.join(columns)})")
+            raise UserError(f"--image-column {requested!r} is not a column of {source} (it has {', '.join(columns)})")
         return [requested]
     found = [name for name, feature in (features or {}).items() if isinstance(feature, ImageFeature)]
     preferred = [key for key in WEBDATASET_IMAGE_KEYS if key in found]
     found = preferred + [name for name in found if name not in preferred]
     if not found:
-        raise ValueError(f"{source} has no column of images (columns: {', '.join(columns) or 'unknown'}); "
+        raise UserError(f"{source} has no column of images (columns: {', '.join(columns) or 'unknown'}); "
                          "name the one holding them with --image-column")
     return found
 

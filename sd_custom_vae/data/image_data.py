@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..base.errors import UserError
 from .builtin import builtin_held_out
 from .crops import evaluation_crops
 from .images import LoadReport, at_least, prepare_images
@@ -39,7 +40,7 @@ class SourceImages(Sequence):
             image = self.source.image(self.indices[(position + offset) % len(self.indices)])
             if image is not None:
                 return at_least(image, self.side)
-        raise ValueError(f"{self.source.description}: none of the images could be read")
+        raise UserError(f"{self.source.description}: none of the images could be read")
 
 
 @dataclass
@@ -75,10 +76,10 @@ def load_image_data(
     if isinstance(source, StreamSource):
         held_out = source.held_out(MAX_VALIDATION_IMAGES, val_fraction)
         if not held_out and not take(source, 1):
-            raise ValueError(f"{name}: holds no readable images (each sample needs a jpg, jpeg, png or webp entry, "
+            raise UserError(f"{name}: holds no readable images (each sample needs a jpg, jpeg, png or webp entry, "
                              "or name the one with --image-column)")
         if not held_out:
-            raise ValueError(f"{name}: no held-out image found for validation; raise --val-fraction")
+            raise UserError(f"{name}: no held-out image found for validation; raise --val-fraction")
         val = prepare_images(held_out, max(resolution, eval_resolution), report)
         return ImageData(source, evaluation_crops(val, eval_resolution, eval_crops_per_image), source.description,
                          report, val_fraction)
@@ -92,13 +93,13 @@ def load_image_data(
     val = prepare_images((source.image(i) for i in held_out[:MAX_VALIDATION_IMAGES]),
                          max(resolution, eval_resolution), report)
     if not train:
-        raise ValueError(f"{name}: none of the {len(train_indices)} training files could be read as an image "
+        raise UserError(f"{name}: none of the {len(train_indices)} training files could be read as an image "
                          f"({report.skipped} unreadable file(s) skipped in all)")
     if largest is not None:
         check_upscale(resolution, largest, f"training image in {name}")
     if not val:  # every held-out file was unreadable: hold one readable training image out instead
         if not isinstance(train, list) or len(train) < 2:
-            raise ValueError(f"{name}: need at least two readable images (one to train on, one to validate)")
+            raise UserError(f"{name}: need at least two readable images (one to train on, one to validate)")
         val = [at_least(train.pop(), eval_resolution)]
     if report.skipped:
         warnings.warn(f"{name}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=2)
@@ -111,7 +112,7 @@ def load_image_data(
 def check_upscale(resolution: int, largest_side: int, what: str) -> None:
     """Refuse crops more than ``MAX_UPSCALE`` times the largest image: every crop would be a blown-up copy."""
     if resolution > MAX_UPSCALE * largest_side:
-        raise ValueError(
+        raise UserError(
             f"--resolution {resolution} is more than {MAX_UPSCALE}× the largest {what} (shorter side {largest_side} "
             f"px): every crop would be a blown-up copy, costing memory for nothing; choose a resolution up to about "
             f"{largest_side}"
@@ -140,7 +141,7 @@ def read_images(
     report = LoadReport()
     images = prepare_images(take(source, limit, keep_unreadable=True), resolution, report)
     if not images:
-        raise ValueError(f"{name}: no readable images ({report.skipped} file(s) could not be read as images)")
+        raise UserError(f"{name}: no readable images ({report.skipped} file(s) could not be read as images)")
     check_upscale(resolution, report.largest_side, f"image in {name}")
     if report.skipped:
         warnings.warn(f"{name}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=2)

@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+from ..base.errors import UserError
 from .builtin import builtin_source
 from .hf_datasets import SHARD_SUFFIX, from_datasets, shard_files, webdataset
 from .images import IMAGE_SUFFIXES, read_image
@@ -63,7 +64,7 @@ def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptio
             loaded = datasets.load_from_disk(data)
             if isinstance(loaded, datasets.DatasetDict):
                 if options.split not in loaded:
-                    raise ValueError(f"{data} has splits {', '.join(loaded)}, not {options.split!r}: pass --data-split")
+                    raise UserError(f"{data} has splits {', '.join(loaded)}, not {options.split!r}: pass --data-split")
                 loaded = loaded[options.split]
             return from_datasets(loaded, f"{data} (saved dataset)", options)
         for suffix, builder in DATA_FILES.items():
@@ -76,19 +77,24 @@ def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptio
             return webdataset(shards, f"{data} ({len(shards)} WebDataset shard(s))", options)
         return folder_source(path)
     if path.is_file() and path.suffix in DATA_FILES:
-        loaded = datasets.load_dataset(DATA_FILES[path.suffix], data_files=[data], split="train",
-                                       streaming=options.streaming)
+        try:
+            loaded = datasets.load_dataset(DATA_FILES[path.suffix], data_files=[data], split="train",
+                                           streaming=options.streaming)
+        except ValueError as error:  # pyarrow's ArrowInvalid is one: a damaged or foreign file
+            raise UserError(f"--data {data}: not a readable {path.suffix} file ({error})") from None
         return from_datasets(loaded, data, options)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        raise ValueError(f"--data {data} is one image file: give the folder that holds the images")
+        raise UserError(f"--data {data} is one image file: give the folder that holds the images")
     shards = shard_files(data)
     if shards:
         return webdataset(shards, f"{data} ({len(shards)} WebDataset shard(s))", options)
     if path.exists():
-        raise ValueError(f"--data {data}: not an image folder, dataset folder, .parquet/.arrow file or .tar shard")
+        raise UserError(f"--data {data}: not an image folder, dataset folder, .parquet/.arrow file or .tar shard")
     if _HUB_NAME.match(data) and not looks_like_a_path(data):
         loaded = datasets.load_dataset(data, split=options.split, revision=options.revision,
                                        streaming=options.streaming)
+        except ValueError as error:  # datasets' word for an unknown --split, config or --revision
+            raise UserError(f"--data {data}: {error}") from None
         return from_datasets(loaded, f"{data} (Hub dataset, split {options.split})", options)
     raise FileNotFoundError(
         f"--data {data}: no such image folder, dataset folder, data file or shard pattern (for a Hub dataset: ORG/NAME)"
@@ -105,7 +111,7 @@ def find_images(folder: str | Path) -> list[Path]:
 def folder_source(folder: Path) -> MapSource:
     paths = find_images(folder)
     if not paths:
-        raise ValueError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
+        raise UserError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
     return MapSource(
         f"{folder} ({len(paths)} images)",
         len(paths),

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from ..base.errors import UserError
+
 # A source this small is decoded once and kept in memory (the built-in photos, a small folder): decoding a
 # photo per sample would cost more than the training step. Larger ones are decoded on every access.
 PRELOAD_IMAGES = 2000
@@ -92,7 +94,7 @@ class StreamSource:
                 yield example["__sd_key__"].encode(), example
         # what a damaged file raises in datasets
         except (OSError, EOFError, ValueError, KeyError, tarfile.TarError) as error:
-            raise ValueError(f"{self.description}: cannot read it ({type(error).__name__}: {error}); a truncated or "
+            raise UserError(f"{self.description}: cannot read it ({type(error).__name__}: {error}); a truncated or "
                              "damaged shard?") from error
 
     def decode(self, example: dict) -> Image.Image | None:

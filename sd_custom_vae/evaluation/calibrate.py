@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..base.errors import UserError
 from ..base.files import read_json, write_json
 from ..conversion import CONFIG_NAME
 from ..data import Augmentation, DataOptions, RandomCrops, read_images
@@ -52,7 +53,7 @@ def latent_statistics(
         posterior = vae.encode(batch.to(vae.device, vae.dtype)).latent_dist
         z = posterior.sample(generator=generator).double()
         if not torch.isfinite(z).all():
-            raise ValueError(
+            raise UserError(
                 "the VAE's latents are NaN or infinite on real images: its weights are broken (a diverged run?) "
                 "or it overflows in this dtype; calibrate a sound checkpoint, in float32"
             )
@@ -61,12 +62,12 @@ def latent_statistics(
         elements += z.numel()
         crops += batch.shape[0]
     if crops == 0:
-        raise ValueError("no crops to calibrate on")
+        raise UserError("no crops to calibrate on")
     mean = total_sum / elements
     # E[z²] - E[z]² in float64: exact enough unless the mean were ~1e6 times the std
     std = max(total_squares / elements - mean**2, 0.0) ** 0.5
     if not std > 0:
-        raise ValueError("the latents have zero spread: is the encoder untrained or broken?")
+        raise UserError("the latents have zero spread: is the encoder untrained or broken?")
     return mean, std, crops
 
 
@@ -87,10 +88,10 @@ def calibrate(
     `vae` is a ``CustomAutoencoderKL`` or a stock ``AutoencoderKL``: only ``encode`` is used.
     """
     if crops < 1 or batch_size < 1:
-        raise ValueError(f"--crops and --batch-size must be at least 1, got {crops} and {batch_size}")
+        raise UserError(f"--crops and --batch-size must be at least 1, got {crops} and {batch_size}")
     factor = downsampling_factor(vae.config.block_out_channels)
     if resolution < factor or resolution % factor:
-        raise ValueError(f"--resolution {resolution} must be a positive multiple of the VAE's downsampling factor "
+        raise UserError(f"--resolution {resolution} must be a positive multiple of the VAE's downsampling factor "
                          f"{factor}")
     # every readable image: this measures the encoder, it trains nothing (a stream gives its first `crops`)
     images, description = read_images(data, resolution, options, stream_limit=crops)

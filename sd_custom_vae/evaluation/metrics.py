@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..base.errors import UserError
+
 SSIM_WINDOW = 11  # px, Wang et al.'s: SSIM is averaged over the positions where the window fits inside the image
 
 
@@ -30,7 +32,7 @@ def check_crop_side(side: int, flag: str, perceptual: str | None = None, instead
                       instead))
     for least, why, other in needs:
         if side < least:
-            raise ValueError(f"{flag} {side} is too small for {why}, so crops need at least {least} px; "
+            raise UserError(f"{flag} {side} is too small for {why}, so crops need at least {least} px; "
                              f"use {flag} {-(-least // 8) * 8} or more{other}")
 
 

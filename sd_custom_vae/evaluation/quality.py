@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..base.errors import UserError
 from ..models import ScratchVAE
 from . import fid, perceptual
 from .metrics import psnr, ssim
@@ -137,7 +138,7 @@ def evaluate_vaes(
     out: say so."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+        raise UserError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     metrics = tuple(m for m in metrics if m not in unavailable(metrics))
     distance = perceptual.perceptual_distance() if "lpips" in metrics else None
     inception = fid.FIDInception() if "rfid" in metrics else None

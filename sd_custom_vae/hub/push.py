@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..base.errors import UserError
 from ..base.files import read_json
 from ..models import load_vae
 from ..models.hub_repo import PushResult, push_token, push_vae
@@ -23,10 +24,10 @@ def _run_file(run: Path, name: str) -> Path | None:
     if not path.exists() and not path.is_symlink():
         return None
     if not path.resolve().is_relative_to(run.resolve()):
-        raise ValueError(f"{path} is a link to {path.resolve()}, outside the run: push uploads only the run's own "
+        raise UserError(f"{path} is a link to {path.resolve()}, outside the run: push uploads only the run's own "
                          "files; copy the file into the run, or remove the link")
     if not path.is_file():
-        raise ValueError(f"{path} is not a regular file: push uploads only the run's own files; remove it")
+        raise UserError(f"{path} is not a regular file: push uploads only the run's own files; remove it")
     return path
 
 

@@ -21,6 +21,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..base.errors import UserError
 from ..network import DEFAULT, AttentionBlockProcessor, NearestUpsampleConv2d, VAEModules, check_input
 from ..network.config import ARCHITECTURE_KEYS, DIFFUSERS_DOWN_BLOCK, DIFFUSERS_UP_BLOCK, LATENT_SPACE, validate_config
 from . import fp16, tiling
@@ -171,7 +172,7 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
                 continue
             for adapter, conv in layer.lora_B.items():
                 if layer.use_dora.get(adapter):
-                    raise ValueError(f"DoRA is not supported on the upsampling conv {name}: "
+                    raise UserError(f"DoRA is not supported on the upsampling conv {name}: "
                                      "leave it out of target_modules")
                 if type(conv) is NearestUpsampleConv2d:
                     plain = torch.nn.Conv2d(

@@ -16,6 +16,7 @@ from typing import Self
 
 import torch
 
+from ..base.errors import UserError
 from ..base.files import read_json
 from ..conversion import (
     CONFIG_NAME,
@@ -86,7 +87,7 @@ def _check_config_fits_weights(folder: Path, config: dict, variant: str | None) 
     # Names in another scheme share no key with ours; then only the sizes can be compared.
     if differing or (not stored.keys() & shapes.keys() and expected > held):
         example = f" ('{differing[0]}' is {list(stored[differing[0]])} in the weights)" if differing else ""
-        raise ValueError(
+        raise UserError(
             f"{folder / CONFIG_NAME} describes a VAE of {expected:,} parameters but its weights hold "
             f"{held:,}{example}: the config and the weights are not of one model"
         )
@@ -111,7 +112,7 @@ class CheckpointIO:
         )
         class_name = config.get("_class_name")
         if class_name not in (None, cls.__name__, "AutoencoderKL"):
-            raise ValueError(
+            raise UserError(
                 f"{pretrained_model_name_or_path}: holds a {class_name}, not a VAE "
                 f"(AutoencoderKL or {cls.__name__}); for a pipeline folder pass subfolder='vae'"
             )
@@ -122,7 +123,7 @@ class CheckpointIO:
         model, info = result
         missing = sorted(info["missing_keys"])
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{pretrained_model_name_or_path}: {len(missing)} weight(s) missing from the checkpoint: "
                 f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; the file is incomplete "
                 "or for another model"
@@ -210,7 +211,7 @@ class CheckpointIO:
         refusing any other scheme."""
         checkpoint = load_checkpoint(path)
         if checkpoint.scheme not in (OURS.name, "sd-custom-vae-0.2"):
-            raise ValueError(
+            raise UserError(
                 f"{path}: holds {checkpoint.scheme} key names, not a ScratchVAE state dict; use from_single_file"
             )
         return cls.from_checkpoint(checkpoint, **overrides)
@@ -267,7 +268,7 @@ class CheckpointIO:
         and/or an LDM single file (`format` "ldm" or "both"), and a model card with `metrics` (a run's
         ``metrics.json``) and the `reconstructions` grid. Returns the commit URL."""
         if not safe_serialization or variant is not None or subfolder is not None:
-            raise ValueError("push_to_hub writes one safetensors repo at its root: no pickle, variant or subfolder")
+            raise UserError("push_to_hub writes one safetensors repo at its root: no pickle, variant or subfolder")
         result = hub_repo.push_vae(
             self, repo_id, format=format, private=private, token=token, commit_message=commit_message,
             create_pr=create_pr, metrics=metrics, reconstructions=reconstructions,

@@ -23,6 +23,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from ..base.errors import UserError
 from ..conversion import CONFIG_NAME, WEIGHTS_NAME, as_checkpoint, save_checkpoint
 from . import run_layout
 from .model_card import build_model_card
@@ -60,13 +61,13 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"invalid repo id {repo_id!r}: {error}") from None
+        raise UserError(f"invalid repo id {repo_id!r}: {error}") from None
     return repo_id
 
 
 def check_format(format: str) -> str:
     if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
+        raise UserError(f"unknown format {format!r}; expected one of {FORMATS}")
     return format
 
 
@@ -94,7 +95,7 @@ def hub_timeout() -> float:
     except ValueError:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds: set it to a positive number, "
+        raise UserError(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds: set it to a positive number, "
                          "e.g. 120, or unset it")
     return seconds
 
@@ -144,7 +145,7 @@ def stage_repo(
         grid = run_layout.RECONSTRUCTIONS
         image = Path(reconstructions).read_bytes()  # checked as read: what is checked is what is uploaded
         if not image.startswith(PNG_SIGNATURE):
-            raise ValueError(f"{reconstructions} is not a PNG image: push uploads it as the model card's "
+            raise UserError(f"{reconstructions} is not a PNG image: push uploads it as the model card's "
                              f"{grid}; replace it with the run's own grid, or remove it")
         (folder / grid).write_bytes(image)
         written.append(grid)
@@ -173,7 +174,7 @@ def push_vae(
     api = HfApi(token=push_token(repo_id, format, token))
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if private and not api.repo_info(repo_id).private:
-        raise ValueError(
+        raise UserError(
             f"{repo_id} already exists and is public, and --private (private=True) only sets the visibility of a new "
             "repo: nothing was uploaded. Make the repo private on the Hub (its Settings) and push again, push to "
             "another repo, or leave --private out to publish publicly"

@@ -22,6 +22,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.image_processor import VaeImageProcessor
 
+from ..base.errors import UserError
 from .autoencoder_kl import CustomAutoencoderKL
 from .latent_space import DEFAULT_SCALING_FACTOR, is_calibrated
 from .loading import load_vae
@@ -56,7 +57,7 @@ def check_compatibility(
         accepted = {latent_channels, 2 * latent_channels + 1} if inpainting else {latent_channels}
         if unet_config["in_channels"] not in accepted:
             expected = " or ".join(str(c) for c in sorted(accepted))
-            raise ValueError(
+            raise UserError(
                 f"the VAE makes {latent_channels}-channel latents but {pipeline_name}'s UNet takes "
                 f"{unet_config['in_channels']} input channels (it needs {expected}): this VAE cannot be used "
                 "with this model"
@@ -126,10 +127,10 @@ def _component_config(model, name: str, model_index: dict, kwargs: dict, hub_kwa
 def _check_takes_vae(pipeline_cls, model, model_index: dict) -> None:
     if issubclass(pipeline_cls, DiffusionPipeline) and pipeline_cls is not DiffusionPipeline:
         if "vae" not in inspect.signature(pipeline_cls.__init__).parameters:
-            raise ValueError(f"{pipeline_cls.__name__} has no VAE component: it cannot use one")
+            raise UserError(f"{pipeline_cls.__name__} has no VAE component: it cannot use one")
     # DiffusionPipeline itself and the AutoPipeline classes build whatever model_index.json names
     elif (model_index.get("vae") or [None])[0] is None:
-        raise ValueError(f"{model}: model_index.json names no VAE, so {pipeline_cls.__name__} would build none")
+        raise UserError(f"{model}: model_index.json names no VAE, so {pipeline_cls.__name__} would build none")
 
 
 def load_pipeline(
@@ -172,7 +173,7 @@ def inject_vae(pipe: DiffusionPipeline, vae: CustomAutoencoderKL | str | os.Path
     updates ``pipe.vae_scale_factor`` and the pipeline's image processors.
     """
     if "vae" not in pipe.components:
-        raise ValueError(f"{type(pipe).__name__} has no VAE component to replace")
+        raise UserError(f"{type(pipe).__name__} has no VAE component to replace")
     vae = load_vae(vae)
     original = pipe.vae
     unet = pipe.components.get("unet")

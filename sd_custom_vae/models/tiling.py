@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from ..base.errors import UserError
 from ..network import Decoder, Encoder, TileStep
 
 DEFAULT_MAX_MEMORY = 2 << 30  # bytes of activations (stored and working) a tiled call may hold
@@ -55,7 +56,7 @@ class TilingConfig:
             overrides["spill_dir"] = str(overrides["spill_dir"])
         config = replace(self, **overrides)
         if config.tile_size < 8 or config.max_memory < (1 << 20):
-            raise ValueError(f"tile_size must be at least 8 and max_memory at least 1 MiB, got {config}")
+            raise UserError(f"tile_size must be at least 8 and max_memory at least 1 MiB, got {config}")
         return config
 
 

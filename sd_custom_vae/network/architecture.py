@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..base.errors import UserError
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -46,18 +48,18 @@ def validate_architecture(config: dict) -> None:
     """
     for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
         if key in config and (not is_int(config[key]) or config[key] < 1):
-            raise ValueError(f"config {key} must be a positive integer, got {config[key]!r}")
+            raise UserError(f"config {key} must be a positive integer, got {config[key]!r}")
     for key in ("mid_block_add_attention", "use_quant_conv", "use_post_quant_conv"):
         if key in config and not isinstance(config[key], bool):
-            raise ValueError(f"config {key} must be true or false, got {config[key]!r}")
+            raise UserError(f"config {key} must be true or false, got {config[key]!r}")
     if "block_out_channels" in config:
         channels = config["block_out_channels"]
         groups = config.get("norm_num_groups", DEFAULT.norm_num_groups)
         if not isinstance(channels, (list, tuple)) or not channels:
-            raise ValueError(f"config block_out_channels must list at least one level, got {channels!r}")
+            raise UserError(f"config block_out_channels must list at least one level, got {channels!r}")
         for value in channels:
             if not is_int(value) or value < 1 or value % groups:
-                raise ValueError(
+                raise UserError(
                     f"config block_out_channels entry {value!r} (in {tuple(channels)}) is not a positive "
                     f"multiple of norm_num_groups={groups}: GroupNorm splits channels into that many groups"
                 )

@@ -14,6 +14,7 @@ from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
 from torch import nn
 
+from ..base.errors import UserError
 from .norms import group_norm
 from .roles import StreamRole, TileStep
 
@@ -28,7 +29,7 @@ class AttentionBlockProcessor:
     def __call__(self, attn: "AttentionBlock", hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("a VAE attention block is self-attention without a mask")
+            raise UserError("a VAE attention block is self-attention without a mask")
         x = hidden_states
         batch, channels, height, width = x.shape
         tokens = attn.group_norm(x).flatten(2).transpose(1, 2)  # (batch, H·W, channels)

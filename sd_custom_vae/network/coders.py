@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.errors import UserError
 from .architecture import downsampling_factor
 from .blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, checkpointed
 from .norms import group_norm
@@ -67,14 +68,14 @@ def check_input(x, channels: int, multiple: int, what: str) -> None:
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype} (convert with .float())")
     if x.ndim != 4:
-        raise ValueError(f"{what} must be a 4-D tensor (batch, channels, height, width), got shape {tuple(x.shape)}")
+        raise UserError(f"{what} must be a 4-D tensor (batch, channels, height, width), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError(f"{what} is an empty batch (shape {tuple(x.shape)})")
+        raise UserError(f"{what} is an empty batch (shape {tuple(x.shape)})")
     if x.shape[1] != channels:
-        raise ValueError(f"{what} has {x.shape[1]} channels, expected {channels} (shape {tuple(x.shape)})")
+        raise UserError(f"{what} has {x.shape[1]} channels, expected {channels} (shape {tuple(x.shape)})")
     height, width = x.shape[-2:]
     if height % multiple or width % multiple:
-        raise ValueError(
+        raise UserError(
             f"{what} height and width must be multiples of {multiple} (the downsampling factor), "
             f"got {height}×{width}"
         )

@@ -15,6 +15,7 @@ from numbers import Real
 
 import diffusers
 
+from ..base.errors import UserError
 from .architecture import ARCHITECTURE_KEYS, DEFAULT, is_int, validate_architecture
 
 
@@ -49,31 +50,31 @@ def _reals(key: str, value, length: int, positive: bool = False) -> None:
     if value is None:
         return
     if not isinstance(value, (list, tuple)) or len(value) != length or not all(_is_real(v) for v in value):
-        raise ValueError(f"config {key} must be null or a list of {length} finite numbers (one per latent channel), "
+        raise UserError(f"config {key} must be null or a list of {length} finite numbers (one per latent channel), "
                          f"got {value!r}")
     if positive and not all(v > 0 for v in value):
-        raise ValueError(f"config {key} must hold positive numbers (standard deviations), got {value!r}")
+        raise UserError(f"config {key} must hold positive numbers (standard deviations), got {value!r}")
 
 
 def validate_config(config: dict) -> None:
     """Raise ``ValueError`` naming the key, the value and what is expected, for every key present (types strict,
     as ``validate_architecture``)."""
     if not isinstance(config, dict):
-        raise ValueError(f"a VAE config must be a mapping of key: value, got a {type(config).__name__}")
+        raise UserError(f"a VAE config must be a mapping of key: value, got a {type(config).__name__}")
     validate_architecture(config)
     if "force_upcast" in config and not isinstance(config["force_upcast"], bool):
-        raise ValueError(f"config force_upcast must be true or false, got {config['force_upcast']!r}")
+        raise UserError(f"config force_upcast must be true or false, got {config['force_upcast']!r}")
     if "sample_size" in config:
         size = config["sample_size"]
         sizes = size if isinstance(size, (list, tuple)) else [size]
         if not sizes or len(sizes) > 2 or not all(is_int(s) and s > 0 for s in sizes):
-            raise ValueError(f"config sample_size must be a positive integer (or [height, width]), got {size!r}")
+            raise UserError(f"config sample_size must be a positive integer (or [height, width]), got {size!r}")
     if "scaling_factor" in config:
         value = config["scaling_factor"]
         if not _is_real(value) or value <= 0:
-            raise ValueError(f"config scaling_factor must be a positive finite number, got {value!r}")
+            raise UserError(f"config scaling_factor must be a positive finite number, got {value!r}")
     if config.get("shift_factor") is not None and not _is_real(config["shift_factor"]):
-        raise ValueError(f"config shift_factor must be null or a finite number, got {config['shift_factor']!r}")
+        raise UserError(f"config shift_factor must be null or a finite number, got {config['shift_factor']!r}")
     latent_channels = config.get("latent_channels", DEFAULT.latent_channels)
     _reals("latents_mean", config.get("latents_mean"), latent_channels)
     _reals("latents_std", config.get("latents_std"), latent_channels, positive=True)
@@ -87,22 +88,22 @@ def check_diffusers_only_keys(config: dict, levels: int | None) -> None:
             continue
         value = config[key]
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ValueError(f"config {key} must be a list of block type names, got {value!r}")
+            raise UserError(f"config {key} must be a list of block type names, got {value!r}")
         unsupported = sorted({t for t in value if t != supported}, key=str)
         if unsupported:
-            raise ValueError(f"config {key} has {unsupported}; the supported value is {supported!r} for every level")
+            raise UserError(f"config {key} has {unsupported}; the supported value is {supported!r} for every level")
         if levels is not None and len(value) != levels:
-            raise ValueError(
+            raise UserError(
                 f"config {key} lists {len(value)} level(s) but block_out_channels has {levels}: give one per level"
             )
     if config.get("act_fn", DIFFUSERS_ACTIVATION) != DIFFUSERS_ACTIVATION:
-        raise ValueError(f"config act_fn is {config['act_fn']!r}; the supported value is {DIFFUSERS_ACTIVATION!r}")
+        raise UserError(f"config act_fn is {config['act_fn']!r}; the supported value is {DIFFUSERS_ACTIVATION!r}")
 
 
 def from_diffusers_config(config: dict) -> dict:
     """Read a diffusers AutoencoderKL (or our own) ``config.json`` into our config keys, validated."""
     if not isinstance(config, dict):
-        raise ValueError(f"a VAE config must be a mapping of key: value, got a {type(config).__name__}")
+        raise UserError(f"a VAE config must be a mapping of key: value, got a {type(config).__name__}")
     levels = len(config["block_out_channels"]) if isinstance(config.get("block_out_channels"), (list, tuple)) else None
     check_diffusers_only_keys(config, levels)
     ours = {key: config[key] for key in CONFIG_KEYS if key in config}

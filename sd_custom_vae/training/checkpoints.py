@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..base.errors import UserError
 from ..base.files import write_json
 from ..conversion import write_safetensors
 from ..models.run_layout import CHECKPOINTS_DIR
@@ -99,7 +100,7 @@ def load(folder: Path) -> dict[str, object]:
         elif path.suffix == ".pt":
             files[path.name] = torch.load(path, map_location="cpu", weights_only=True)
     if STATE not in files:
-        raise ValueError(f"{folder}: no {STATE}")
+        raise UserError(f"{folder}: no {STATE}")
     return files
 
 
@@ -113,7 +114,7 @@ def checkpoints(run: Path) -> list[Path]:
 def resumed_run(resume: str | Path | bool, output: str | Path | None) -> Path:
     """The run folder ``--resume`` names: `resume` itself, the run of a checkpoint folder, or (True) `output`."""
     if resume is True and output is None:
-        raise ValueError("--resume without a folder needs --output RUN")
+        raise UserError("--resume without a folder needs --output RUN")
     where = Path(output if resume is True else resume)
     return where.parent.parent if (where / STATE).exists() else where
 
@@ -148,4 +149,4 @@ def load_newest_intact(candidates: list[Path], apply) -> Path:
         if folder != candidates[0]:
             warnings.warn(f"resuming from {folder}, the newest intact checkpoint", stacklevel=2)
         return folder
-    raise ValueError(f"cannot resume: none of the {len(candidates)} checkpoint(s) could be read back")
+    raise UserError(f"cannot resume: none of the {len(candidates)} checkpoint(s) could be read back")

@@ -16,6 +16,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 
+from ..base.errors import UserError
 from ..evaluation.metrics import check_crop_side
 from ..network.config import ARCHITECTURE_KEYS, validate_config
 
@@ -154,7 +155,7 @@ class TrainConfig:
     def replace(self, **overrides) -> "TrainConfig":
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(f"unknown training option(s): {unknown}")
+            raise UserError(f"unknown training option(s): {unknown}")
         return dataclasses.replace(self, **overrides)
 
     def validate(self) -> "TrainConfig":
@@ -167,24 +168,24 @@ class TrainConfig:
             if value is None:
                 continue
             if rules["choices"] is not None and value not in rules["choices"]:
-                raise ValueError(f"{where} is {value!r}; choose one of {', '.join(map(str, rules['choices']))}")
+                raise UserError(f"{where} is {value!r}; choose one of {', '.join(map(str, rules['choices']))}")
             if rules["at_least"] is not None and value < rules["at_least"]:
-                raise ValueError(f"{where} must be at least {rules['at_least']}, got {value!r}")
+                raise UserError(f"{where} must be at least {rules['at_least']}, got {value!r}")
             if rules["at_most"] is not None and value > rules["at_most"]:
-                raise ValueError(f"{where} must be at most {rules['at_most']}, got {value!r}")
+                raise UserError(f"{where} must be at most {rules['at_most']}, got {value!r}")
             if rules["above"] is not None and not value > rules["above"]:
-                raise ValueError(f"{where} must be greater than {rules['above']}, got {value!r}")
+                raise UserError(f"{where} must be greater than {rules['above']}, got {value!r}")
             if rules["below"] is not None and not value < rules["below"]:
-                raise ValueError(f"{where} must be less than {rules['below']:g}, got {value!r}")
+                raise UserError(f"{where} must be less than {rules['below']:g}, got {value!r}")
         betas = self.adam_betas
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
                                       for b in betas):
-            raise ValueError(f"option adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.99]; got {list(betas)!r}")
+            raise UserError(f"option adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.99]; got {list(betas)!r}")
         if self.init != "random" and self.mode != "new":
-            raise ValueError(f"option init (--init) {self.init} starts a new latent space: it applies to --mode new, "
+            raise UserError(f"option init (--init) {self.init} starts a new latent space: it applies to --mode new, "
                              f"not {self.mode} (which starts from --teacher)")
         if self.final_resolution and self.final_resolution <= self.resolution:
-            raise ValueError(f"option final_resolution (--final-resolution) "
+            raise UserError(f"option final_resolution (--final-resolution) "
                              f"must be 0 (off) or larger than --resolution "
                              f"{self.resolution}, got {self.final_resolution}")
         # validation measures SSIM on the evaluation crops, and the perceptual term runs ST-LPIPS on the training ones
@@ -194,7 +195,7 @@ class TrainConfig:
             check_crop_side(self.resolution, "--resolution", "st_lpips", instead=", or --perceptual-weight 0")
         unknown = sorted(set(self.model) - set(ARCHITECTURE_KEYS))
         if unknown:
-            raise ValueError(f"option model has unknown key(s) {unknown}; "
+            raise UserError(f"option model has unknown key(s) {unknown}; "
                              f"ScratchVAE takes {', '.join(ARCHITECTURE_KEYS)}")
         validate_config(self.model)
         return self
@@ -205,7 +206,7 @@ def _check_type(where: str, value, annotation) -> None:
                else (annotation,))
     if value is None:
         if type(None) not in allowed:
-            raise ValueError(f"{where} needs a value, got null")
+            raise UserError(f"{where} needs a value, got null")
         return
     base = [typing.get_origin(a) or a for a in allowed if a is not type(None)][0]
     if base is float:
@@ -217,7 +218,7 @@ def _check_type(where: str, value, annotation) -> None:
     else:
         ok = isinstance(value, base)
     if not ok:
-        raise ValueError(f"{where} must be {base.__name__ if base is not float else 'a finite number'}, got {value!r}")
+        raise UserError(f"{where} must be {base.__name__ if base is not float else 'a finite number'}, got {value!r}")
 
 
 def renamed_values(values: dict) -> dict:

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from ..base.errors import UserError
 from ..models import ScratchVAE
 from ..network import Decoder, Encoder
 
@@ -43,13 +44,13 @@ def check_resizing_start(config: dict) -> None:
     narrowest, groups = min(config["block_out_channels"]), config["norm_num_groups"]
     need = 4 * max(config["in_channels"], config["out_channels"])
     if narrowest < need or narrowest // groups < 4 or (narrowest // groups) % 2:
-        raise ValueError(
+        raise UserError(
             f"--init resizing needs every level at least {need} channels wide in GroupNorm groups of an even size "
             f"of at least 4; block_out_channels {tuple(config['block_out_channels'])} in {groups} groups has "
             f"{narrowest // groups} per group at {narrowest}: use fewer groups (--config with model.norm_num_groups)"
         )
     if config["latent_channels"] < config["in_channels"]:
-        raise ValueError(f"--init resizing needs at least {config['in_channels']} latent channels (one per image "
+        raise UserError(f"--init resizing needs at least {config['in_channels']} latent channels (one per image "
                          f"channel), got {config['latent_channels']}")
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.errors import UserError
 from ..data import RGB_TO_YCBCR
 from .adversary import Adversary
 from .config import TrainConfig
@@ -27,7 +28,7 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, kind
         return F.mse_loss(reconstruction, target)
     if kind == "l1":
         return F.l1_loss(reconstruction, target)
-    raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'mse' or 'l1'")
+    raise UserError(f"unknown reconstruction loss {kind!r}; expected 'mse' or 'l1'")
 
 
 def latent_colour_misfit(mean: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..base.errors import UserError
 from ..evaluation.quality import teacher_agreement
 from ..models import CustomAutoencoderKL, ScratchVAE, load_vae
 from ..models.latent_space import inherited
@@ -148,10 +149,10 @@ class Distill(TeacherObjective):
         student = ScratchVAE(**self.config.model).config
         for key in ("latent_channels", "in_channels", "out_channels"):
             if student[key] != self.teacher_config[key]:
-                raise ValueError(f"the student's {key}={student[key]} "
+                raise UserError(f"the student's {key}={student[key]} "
                                  f"must equal the teacher's {self.teacher_config[key]}")
         if len(student["block_out_channels"]) != len(self.teacher_config["block_out_channels"]):
-            raise ValueError(
+            raise UserError(
                 f"the student has {len(student['block_out_channels'])} levels, the teacher "
                 f"{len(self.teacher_config['block_out_channels'])}: their latents would differ in size"
             )
@@ -175,9 +176,9 @@ def make_objective(config: TrainConfig, loss: VAELoss, device: torch.device) -> 
     """The objective of `config.mode` (one of ``MODES``, checked by ``TrainConfig.validate``)."""
     if config.mode == "new":
         if config.teacher:
-            raise ValueError("a teacher is only used by --mode decoder-finetune or distill")
+            raise UserError("a teacher is only used by --mode decoder-finetune or distill")
         return NewLatentSpace(config, loss)
     if not config.teacher:
-        raise ValueError(f"--mode {config.mode} needs --teacher PATH (any VAE checkpoint or folder)")
+        raise UserError(f"--mode {config.mode} needs --teacher PATH (any VAE checkpoint or folder)")
     teacher = load_vae(config.teacher, dtype=torch.float32, subfolder=config.teacher_subfolder)
     return (DecoderFinetune if config.mode == "decoder-finetune" else Distill)(config, loss, teacher, device)

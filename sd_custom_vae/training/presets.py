@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from ..base.errors import UserError
 from .config import TrainConfig, renamed_values
 
 
@@ -103,17 +104,17 @@ def read_config_file(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not a text file ({error.reason} at byte {error.start})") from None
+        raise UserError(f"{path}: not a text file ({error.reason} at byte {error.start})") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: line {error.lineno}, column {error.colno}: {error.msg}") from None
+        raise UserError(f"{path}: line {error.lineno}, column {error.colno}: {error.msg}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ValueError(f"{path}: {where}{getattr(error, 'problem', None) or error}") from None
+        raise UserError(f"{path}: {where}{getattr(error, 'problem', None) or error}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of option: value, got a {type(values).__name__}")
+        raise UserError(f"{path}: expected a mapping of option: value, got a {type(values).__name__}")
     return values
 
 
@@ -126,11 +127,11 @@ def load_config(preset_or_file: str | None = None, **overrides) -> TrainConfig:
     else:
         path = Path(name)
         if not path.is_file():
-            raise ValueError(f"--config {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
+            raise UserError(f"--config {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
         values = read_config_file(path)
         base = values.pop("preset", "tiny")
         if base not in PRESETS:
-            raise ValueError(f"{path}: unknown preset {base!r}; choose one of {', '.join(PRESETS)}")
+            raise UserError(f"{path}: unknown preset {base!r}; choose one of {', '.join(PRESETS)}")
         config = PRESETS[base]
     config = config.replace(model=dict(config.model))  # never mutate the preset itself
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -139,7 +140,7 @@ def load_config(preset_or_file: str | None = None, **overrides) -> TrainConfig:
     if config.mode != "new" and "init" not in values | given:
         config = config.replace(init="random")  # a preset's start of a new latent space: a teacher mode has its own
     if not isinstance(config.model, dict):
-        raise ValueError(f"option model must be a mapping of ScratchVAE keywords, got {config.model!r}")
+        raise UserError(f"option model must be a mapping of ScratchVAE keywords, got {config.model!r}")
     if isinstance(config.model.get("block_out_channels"), list):
         config.model["block_out_channels"] = tuple(config.model["block_out_channels"])
     if isinstance(config.adam_betas, list):

@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..base.errors import UserError
 from ..base.files import atomic_folder, check_writable
 from ..models.run_layout import TRAIN_CONFIG
 
@@ -72,22 +73,22 @@ class RunFolder:
         """Refuse, before anything is read or written, what this run could not do to its folder."""
         path = self.path
         if self.resuming and self.overwrite:
-            raise ValueError("--resume continues a run and --overwrite replaces it: give one of them (--overwrite "
+            raise UserError("--resume continues a run and --overwrite replaces it: give one of them (--overwrite "
                              "applies to another --output, one the resumed run continues into)")
         named = [("--data", data), ("--teacher", teacher), ("--resume", self.forked_from)]
         local = [(name, Path(value)) for name, value in named
                  if value is not None and (Path(value).exists() or Path(value).is_symlink())]
         for flag, value in local:
             if flag == "--data" and value.is_dir() and _inside(path, value):
-                raise ValueError(
+                raise UserError(
                     f"--output {path} is inside --data {value}: the run's own images would become training data; "
                     "choose an output folder outside the data folder"
                 )
             if self.overwrite and path.exists() and _inside(value, path):
-                raise ValueError(f"--output {path} holds {flag} {value}: --overwrite would delete it; "
+                raise UserError(f"--output {path} holds {flag} {value}: --overwrite would delete it; "
                                  "choose another --output, or move it out first")
         if self.overwrite and path.exists() and _inside(Path.cwd(), path):
-            raise ValueError(f"--output {path} holds the current folder, which --overwrite cannot replace; "
+            raise UserError(f"--output {path} holds the current folder, which --overwrite cannot replace; "
                              "choose another --output")
         check_writable(path / TRAIN_CONFIG)
         if path.exists() and not path.is_dir():

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..base.errors import UserError
 from ..models.run_layout import TRACKING_DIR
 from .config import TrainConfig
 
@@ -31,7 +32,7 @@ def check_installed(report_to: str) -> None:
     """Refuse, before a run starts, a tracker whose package is missing."""
     for name in requested(report_to):
         if importlib.util.find_spec(PACKAGES[name]) is None:
-            raise ValueError(f"--report-to {report_to} needs the {PACKAGES[name]} package: "
+            raise UserError(f"--report-to {report_to} needs the {PACKAGES[name]} package: "
                              f"pip install {PACKAGES[name]} (or the extra: pip install 'sd-custom-vae[tracking]')")
 
 

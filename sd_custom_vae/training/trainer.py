@@ -24,6 +24,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
+from ..base.errors import UserError
 from ..base.files import write_json
 from ..conversion import OURS, key_scheme, rename_to_ours
 from ..data import MAX_UPSCALE, DataOptions, absolute, load_image_data
@@ -64,7 +65,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     on_cpu = not torch.cuda.is_available()
     precision = resolve_precision(config.mixed_precision)
     if on_cpu and precision == "fp16":
-        raise ValueError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
+        raise UserError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
     # Each run sets the process's accelerate state afresh: a second run in one process (a notebook, the tests)
     # may ask for another precision, which accelerate refuses while the first run's state stands. The
     # distributed set-up (PartialState) is kept.
@@ -230,14 +231,14 @@ class Trainer:
         try:
             self._plain_model().load_state_dict(weights)
         except RuntimeError as error:
-            raise ValueError(
+            raise UserError(
                 f"{folder} holds another architecture than this run's configuration "
                 f"({str(error).splitlines()[-1].strip()}); "
                 "resume with the run's own settings (leave --config out)"
             ) from None
         state = files[checkpoints.STATE]
         if "data" in state and state["data"] != self.config.data:
-            raise ValueError(
+            raise UserError(
                 f"{folder} was trained on {state['data'] or 'the built-in photos'}, but --data now names "
                 f"{self.config.data or 'the built-in photos'}: resume with the run's own images (--data "
                 f"{state['data'] or 'builtin'}), or start a new run"
