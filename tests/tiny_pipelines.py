@@ -69,10 +69,13 @@ def tiny_unet(in_channels: int = 4, out_channels: int = 4, **extra) -> UNet2DCon
         block_out_channels=(8, 16),
         layers_per_block=1,
         norm_num_groups=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=4,
-        **{"cross_attention_dim": TEXT_HIDDEN, **extra},
+        **{  # defaults a caller may override: SDXL its cross-attention width, the adapter tests the block order
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": TEXT_HIDDEN,
+            **extra,
+        },
     )
 
 

@@ -28,7 +28,33 @@ from . import fp16, tiling
 from .checkpoint_io import CheckpointIO
 
 
-class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL):
+class _AutoencoderKLClass(type):
+    """The class of ``CustomAutoencoderKL`` (and of its subclasses): such a class compares equal to diffusers'
+    ``AutoencoderKL``, so that ``Pipeline.from_pipe(pipe)`` carries our VAE over as it does the stock one.
+
+    ``DiffusionPipeline.from_pipe`` keeps a model component only if ``type(component) in component_types[name]``
+    (``diffusers/pipelines/pipeline_utils.py``), where ``component_types[name]`` is the tuple of classes the new
+    pipeline's type hint names: an exact-type test, which a subclass of ``AutoencoderKL`` fails, so diffusers
+    would drop our VAE and then raise that ``vae`` was not passed. Subclasses of ours pass too: diffusers'
+    exact test is there for components a pipeline converts by their exact type (AnimateDiff turns a
+    ``UNet2DConditionModel`` into a ``UNetMotionModel``); no pipeline does that to a VAE, and a subclass of ours
+    still has ``AutoencoderKL``'s interface and our network.
+    """
+
+    def __eq__(cls, other):
+        # from_pipe's `type(vae) in (AutoencoderKL,)` runs `AutoencoderKL == type(vae)`, and answers True here:
+        # Python asks the right operand first when its class (this metaclass) subclasses the left's (type).
+        if other is AutoencoderKL:
+            return True
+        return super().__eq__(other)  # identity, as for any class; != is its negation
+
+    # Defining __eq__ would make classes unhashable. The hash stays type's, the identity's: dicts and sets compare
+    # hashes before they call __eq__, so CustomAutoencoderKL and AutoencoderKL stay two keys there; only ==, !=,
+    # `in` on a tuple or list and .index() see them as one.
+    __hash__ = type.__hash__
+
+
+class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_AutoencoderKLClass):
     r"""A KL-regularised VAE, written from scratch, that drops into any Stable Diffusion pipeline as ``vae=``.
 
     The constructor takes every ``diffusers.AutoencoderKL`` argument, in the same order and with the

@@ -191,6 +191,32 @@ def inject_vae(pipe: DiffusionPipeline, vae: CustomAutoencoderKL | str | os.Path
     return pipe
 
 
+def from_pipe(pipeline_cls, pipe: DiffusionPipeline, **kwargs) -> DiffusionPipeline:
+    """``pipeline_cls.from_pipe(pipe, **kwargs)``, keeping `pipe`'s VAE wherever `pipeline_cls` can take it.
+
+    ``CustomAutoencoderKL`` needs no help where the new pipeline's type hint names ``AutoencoderKL`` (most
+    image pipelines): diffusers carries it over as the stock class. This also carries over a VAE that
+    diffusers' exact-type test drops, a subclass of the stock ``AutoencoderKL`` or a pipeline with no type
+    hint for ``vae``; a pipeline built for another kind of VAE (a video VAE, ``AutoencoderDC``, ...) is a
+    ``ValueError`` saying so, where diffusers would drop the VAE and then report it missing.
+    """
+    vae = pipe.components.get("vae")
+    takes_vae = "vae" in inspect.signature(pipeline_cls.__init__).parameters
+    if takes_vae and vae is not None and "vae" not in kwargs and "custom_pipeline" not in kwargs:
+        # what diffusers' from_pipe reads the hint as; a parameter without one is (inspect.Parameter.empty,)
+        hinted = [kind for kind in pipeline_cls._get_signature_types()["vae"] if inspect.isclass(kind)]
+        accepted = tuple(kind for kind in hinted if kind is not inspect.Parameter.empty)
+        if accepted and not isinstance(vae, accepted):
+            names = " or ".join(kind.__name__ for kind in accepted)
+            raise UserError(
+                f"{pipeline_cls.__name__} takes a VAE of class {names}, and {type(pipe).__name__}'s VAE is a "
+                f"{type(vae).__name__}: {pipeline_cls.__name__} cannot use it; pass it a VAE of its own "
+                "kind with vae=..."
+            )
+        kwargs["vae"] = vae  # passed explicitly, from_pipe takes it whatever its class
+    return pipeline_cls.from_pipe(pipe, **kwargs)
+
+
 def _set_vae_scale_factor(pipe: DiffusionPipeline, factor: int) -> None:
     """What pipeline constructors derive from the VAE: ``vae_scale_factor`` and processors built with it."""
     if getattr(pipe, "vae_scale_factor", factor) == factor:
