@@ -10,7 +10,8 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-import warnings
+
+from .base.deprecation import deprecated
 
 __version__ = "0.3.0"
 
@@ -54,7 +55,7 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module):
         new = f"{__name__}.{MOVED_MODULES[module.__name__.rpartition('.')[2]]}"
-        warnings.warn(f"{module.__name__} is {new} since 0.3: import from there", FutureWarning, stacklevel=2)
+        deprecated(module.__name__, new, stacklevel=4)  # moved in 0.3
         # a module that puts another in its place in sys.modules is what its importer receives
         sys.modules[module.__name__] = importlib.import_module(new)
 

@@ -140,7 +140,7 @@ def test_the_module_paths_0_2_documented_still_import_with_a_warning(monkeypatch
 
     for old, new in MOVED_MODULES.items():
         monkeypatch.delitem(sys.modules, f"sd_custom_vae.{old}", raising=False)
-        with pytest.warns(FutureWarning, match=f"sd_custom_vae.{old} is sd_custom_vae.{new} since 0.3"):
+        with pytest.warns(FutureWarning, match=f"sd_custom_vae.{old} is now sd_custom_vae.{new}; the old name stops working in sd-custom-vae 0.5"):
             module = importlib.import_module(f"sd_custom_vae.{old}")
         assert module is importlib.import_module(f"sd_custom_vae.{new}")
     # 0.2's evaluation module is a package now, with the same names

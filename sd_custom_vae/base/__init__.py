@@ -1,1 +1,2 @@
-"""Layer 0, base: what every layer uses and nothing of the project's own: safe file writing (``files``)."""
+"""Layer 0, base: what every layer uses, importing nothing of the project: safe file writing (``files``), the
+user-error type (``errors``), and the one deprecation warning (``deprecation``)."""

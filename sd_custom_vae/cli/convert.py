@@ -21,7 +21,9 @@ def register(subparsers) -> None:
     add_model_argument(parser, "input", "the VAE to convert")
     parser.add_argument("output",
                         help="output folder or .safetensors file (--to diffusers), .safetensors file (ldm, course)")
-    parser.add_argument("--to", required=True, choices=[*TARGETS, *RENAMED_TARGETS],
+    # an old spelling is translated (with a warning) before the choices are checked: --help lists the current ones
+    parser.add_argument("--to", required=True, choices=TARGETS,
+                        type=lambda to: resolve_target(to) if to in RENAMED_TARGETS else to,
                         help=f"output naming scheme: {', '.join(TARGETS)}")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="cast weights on output")
     parser.add_argument("--norm-num-groups", type=int, default=None,

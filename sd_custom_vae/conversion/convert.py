@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..base.deprecation import deprecated
 from ..base.errors import UserError
 from ..base.files import check_new
 from ..network.config import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
@@ -26,12 +26,10 @@ RENAMED_TARGETS = {"scratch": "diffusers"}
 
 
 def resolve_target(name: str) -> str:
-    """`name` as one of ``TARGETS`` (an old spelling warns and is translated); anything else is a ValueError."""
+    """`name` as one of ``TARGETS`` (an old spelling warns and is translated); anything else is a UserError."""
     if name in RENAMED_TARGETS:
-        new = RENAMED_TARGETS[name]
-        warnings.warn(f"the {name!r} output is now called {new!r} (our models carry diffusers' names)",
-                      FutureWarning, stacklevel=3)
-        return new
+        deprecated(f"the output {name!r}", repr(RENAMED_TARGETS[name]))  # our models carry diffusers' names now
+        return RENAMED_TARGETS[name]
     if name not in TARGETS:
         raise UserError(f"unknown output format {name!r}; expected one of {', '.join(TARGETS)}")
     return name
@@ -142,7 +140,7 @@ def to_scratch(
     state_dict: dict[str, torch.Tensor], config: dict | None = None, source: str = "state dict"
 ) -> VAECheckpoint:
     """The former name of ``as_checkpoint``."""
-    warnings.warn("conversion.to_scratch is now conversion.as_checkpoint", FutureWarning, stacklevel=2)
+    deprecated("conversion.to_scratch", "conversion.as_checkpoint", stacklevel=3)
     return as_checkpoint(state_dict, config, source)
 
 

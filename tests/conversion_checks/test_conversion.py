@@ -60,7 +60,7 @@ def test_files_of_sd_custom_vae_0_2_are_read_in_their_names():
 
 def test_the_old_scratch_target_means_our_names_with_a_warning():
     state_dict = ScratchVAE(**TINY).state_dict()
-    with pytest.warns(FutureWarning, match="'scratch' output is now called 'diffusers'"):
+    with pytest.warns(FutureWarning, match="the output 'scratch' is now 'diffusers'; the old name stops working in sd-custom-vae 0.5"):
         assert_identical(convert_state_dict(state_dict, "scratch", TINY), state_dict)
 
 
