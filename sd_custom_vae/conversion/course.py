@@ -38,7 +38,7 @@ EPSILON_NOTE = (
     "weights give slightly different numbers (up to about 1e-4 in a decoded image on SD-size weights; "
     "docs/conversion.md)"
 )
-RESIDUAL_PARTS = {"groupnorm_1": "norm1", "conv_1": "conv1", "groupnorm_2": "norm2", "conv_2": "conv2",
+COURSE_RESIDUAL_PARTS = {"groupnorm_1": "norm1", "conv_1": "conv1", "groupnorm_2": "norm2", "conv_2": "conv2",
                   "residual_layer": "conv_shortcut"}
 _KEY = re.compile(r"^(encoder|decoder)\.(\d+)\.")
 
@@ -77,7 +77,7 @@ def _key_pairs(config: dict) -> list[tuple[str, str | tuple[str, str, str]]]:
                     pairs.append((f"{course}.{param}", f"{ours}.{param}"))
                 elif kind == "residual":
                     pairs += [(f"{course}.{theirs}.{param}", f"{ours}.{part}.{param}")
-                              for theirs, part in RESIDUAL_PARTS.items()]
+                              for theirs, part in COURSE_RESIDUAL_PARTS.items()]
                 else:
                     pairs += [
                         (f"{course}.groupnorm.{param}", f"{ours}.group_norm.{param}"),

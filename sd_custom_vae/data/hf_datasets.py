@@ -44,7 +44,7 @@ def expand_braces(pattern: str) -> Iterator[str]:
         yield from expand_braces(head + option + tail)
 
 
-def shard_files(data: str) -> list[str] | None:
+def webdataset_shards(data: str) -> list[str] | None:
     """The .tar shards `data` names by brace pattern, glob or URL; None if it names none."""
     if not data.endswith(SHARD_SUFFIX) and "{" not in data:
         return None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..base.errors import UserError
 from .builtin import builtin_source
-from .hf_datasets import SHARD_SUFFIX, from_datasets, shard_files, webdataset
+from .hf_datasets import SHARD_SUFFIX, from_datasets, webdataset_shards, webdataset
 from .images import IMAGE_SUFFIXES, read_image
 from .sources import DataOptions, MapSource, StreamSource
 
@@ -85,7 +85,7 @@ def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptio
         return from_datasets(loaded, data, options)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(f"--data {data} is one image file: give the folder that holds the images")
-    shards = shard_files(data)
+    shards = webdataset_shards(data)
     if shards:
         return webdataset(shards, f"{data} ({len(shards)} WebDataset shard(s))", options)
     if path.exists():

@@ -13,7 +13,7 @@ from ..base.errors import UserError
 from ..base.files import read_json
 from ..models import load_vae
 from ..models.hub_repo import PushResult, push_token, push_vae
-from ..models.run_layout import METRICS, RECONSTRUCTIONS
+from ..models.run_layout import METRICS_FILE, RECONSTRUCTIONS
 from ..models.sources import resolve
 
 
@@ -39,7 +39,7 @@ def push_run(source: str | os.PathLike, repo_id: str, subfolder: str | None = No
     kwargs["token"] = push_token(repo_id, kwargs.get("format", "diffusers"), kwargs.get("token"))
     metrics = grid = None
     if location.run is not None:
-        if (metrics_file := _run_file(location.run, METRICS)) is not None:
+        if (metrics_file := _run_file(location.run, METRICS_FILE)) is not None:
             metrics = read_json(metrics_file)
         grid = _run_file(location.run, RECONSTRUCTIONS)
     return push_vae(load_vae(location.path), repo_id, metrics=metrics, reconstructions=grid, **kwargs)

@@ -13,7 +13,7 @@
 """
 
 MODEL_DIR = "model"
-METRICS = "metrics.json"
+METRICS_FILE = "metrics.json"
 RECONSTRUCTIONS = "reconstructions.png"
 LOSS_CURVE = "loss_curve.png"
 SAMPLES_DIR = "samples"

@@ -109,5 +109,5 @@ def resolve(name: str | os.PathLike, subfolder: str | None = None, **hub_options
             f"{CONFIG_NAME}), a pipeline (no vae/) nor a VAE model folder"
         )
     # the model folder of a run: its metrics and pictures belong with it
-    run = path.parent if path.name == run_layout.MODEL_DIR and (path.parent / run_layout.METRICS).is_file() else None
+    run = path.parent if path.name == run_layout.MODEL_DIR and (path.parent / run_layout.METRICS_FILE).is_file() else None
     return ModelLocation(path, run)

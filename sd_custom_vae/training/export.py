@@ -10,7 +10,7 @@ from ..data import DataOptions
 from ..evaluation.calibrate import apply_calibration, calibrate
 from ..models import CustomAutoencoderKL, ScratchVAE
 from ..models.latent_space import CALIBRATION_KEY
-from ..models.run_layout import LOSS_CURVE, METRICS, MODEL_DIR
+from ..models.run_layout import LOSS_CURVE, METRICS_FILE, MODEL_DIR
 from .config import TrainConfig
 from .curves import save_loss_curve
 from .objectives import Objective
@@ -38,5 +38,5 @@ def write_results(run: Path, model: CustomAutoencoderKL, summary: dict, history:
                   val_history: list[dict]) -> None:
     with atomic_folder(run / MODEL_DIR, overwrite=True) as staging:  # this run's own
         model.save_pretrained(staging)
-    write_json(summary, run / METRICS)
+    write_json(summary, run / METRICS_FILE)
     save_loss_curve(history, val_history, run / LOSS_CURVE)

@@ -48,7 +48,7 @@ def test_train_refuses_an_output_that_holds_a_previous_run(photos, tmp_path, cap
     assert digest(run) == before
     assert main(train_flags(photos, run, "--steps", "4", "--checkpoint-every", "4", "--overwrite")) == 0
     assert sorted(p.name for p in (run / run_layout.CHECKPOINTS_DIR).iterdir()) == ["step-000004"]
-    assert json.loads((run / run_layout.METRICS).read_text())["steps"] == 4
+    assert json.loads((run / run_layout.METRICS_FILE).read_text())["steps"] == 4
 
 
 def test_train_never_touches_a_model_folder_the_user_made(photos, tmp_path, capsys):

@@ -103,7 +103,7 @@ def test_parquet_with_an_image_column_of_another_name(parquet_folder, tmp_path):
     assert isinstance(source, MapSource) and len(source) == 12
     assert source.image(0).size == (48, 40)
     assert main(train_argv(str(parquet_folder), tmp_path / "run")) == 0
-    metrics = json.loads((tmp_path / "run" / run_layout.METRICS).read_text())
+    metrics = json.loads((tmp_path / "run" / run_layout.METRICS_FILE).read_text())
     assert metrics["steps"] == 3 and "parquet" in metrics["data"]
     with pytest.raises(ValueError, match="'nope' is not a column.*picture, caption"):
         open_source(str(parquet_folder), DataOptions(image_column="nope"))
@@ -191,7 +191,7 @@ def test_a_teacher_named_by_hub_id_exists_only_on_the_hub(tmp_path):
             capture_output=True, text=True, env=env, timeout=600,
         )
     assert trained.returncode == 0, trained.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / run_layout.METRICS).read_text())
+    metrics = json.loads((tmp_path / "run" / run_layout.METRICS_FILE).read_text())
     assert metrics["teacher"] == "org/teacher-vae" and metrics["scaling_factor"] == pytest.approx(0.3)
 
 

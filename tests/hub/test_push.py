@@ -44,7 +44,7 @@ def run_dir(tmp_path) -> Path:
     run = tmp_path / "run"
     vae = tiny_vae(seed=3, scaling_factor=0.42)
     vae.save_pretrained(run / run_layout.MODEL_DIR)
-    (run / run_layout.METRICS).write_text(json.dumps(METRICS))
+    (run / run_layout.METRICS_FILE).write_text(json.dumps(METRICS))
     Image.new("RGB", (64, 32), (200, 30, 30)).save(run / run_layout.RECONSTRUCTIONS)
     return run
 
@@ -223,8 +223,8 @@ def test_a_grid_or_metrics_linked_from_outside_the_run_is_not_uploaded(run_dir, 
     assert f"{run_dir / run_layout.RECONSTRUCTIONS} is a link to {private}, outside the run" in err
     (run_dir / run_layout.RECONSTRUCTIONS).unlink()
     (tmp_path / "secrets.json").write_text('{"psnr": 1.0}')
-    (run_dir / run_layout.METRICS).unlink()
-    (run_dir / run_layout.METRICS).symlink_to(tmp_path / "secrets.json")
+    (run_dir / run_layout.METRICS_FILE).unlink()
+    (run_dir / run_layout.METRICS_FILE).symlink_to(tmp_path / "secrets.json")
     assert cli.main(["push", str(run_dir), "user/x", "--token", TOKEN]) == 2
     assert "outside the run" in capsys.readouterr().err
 

@@ -32,10 +32,10 @@ def test_tiny_preset_learns_and_writes_its_run_folder(tmp_path):
     val = json.loads((run / run_layout.CHECKPOINTS_DIR / "step-000030" / "state.json").read_text())["val_history"]
     assert val[-1]["psnr"] > val[0]["psnr"] + 2  # dB
     assert result.history[-1]["colour"] < result.history[0]["colour"]  # the preset's colour term is trained
-    for name in (run_layout.METRICS, run_layout.RECONSTRUCTIONS, run_layout.LOSS_CURVE, run_layout.TRAIN_CONFIG,
+    for name in (run_layout.METRICS_FILE, run_layout.RECONSTRUCTIONS, run_layout.LOSS_CURVE, run_layout.TRAIN_CONFIG,
                  "samples/step-000010.png", "checkpoints/step-000030/model.safetensors"):
         assert (run / name).exists(), name
-    metrics = json.loads((run / run_layout.METRICS).read_text())
+    metrics = json.loads((run / run_layout.METRICS_FILE).read_text())
     assert metrics["steps"] == 30 and metrics["psnr"] == pytest.approx(result.metrics["psnr"])
     # the exported folder is ready for vae=
     vae = CustomAutoencoderKL.from_pretrained(run / run_layout.MODEL_DIR)
@@ -139,7 +139,7 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / run_layout.METRICS).read_text())
+    metrics = json.loads((tmp_path / "run" / run_layout.METRICS_FILE).read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 4
 
 
@@ -171,7 +171,7 @@ def test_distillation_learns_the_teachers_latent_space(tmp_path, teacher_folder)
     student = CustomAutoencoderKL.from_pretrained(result.output / run_layout.MODEL_DIR)
     assert student.config.scaling_factor == 0.5 and student.config.shift_factor == 0.1  # inherited
     assert list(student.config.block_out_channels) == [16, 16, 32, 32]
-    metrics = json.loads((result.output / run_layout.METRICS).read_text())
+    metrics = json.loads((result.output / run_layout.METRICS_FILE).read_text())
     assert metrics["mode"] == "distill" and "latent_relative_error" in metrics and "teacher_psnr" in metrics
 
 
@@ -241,7 +241,7 @@ def test_compiled_run_crosses_the_crop_phases_and_exports(tmp_path):
     config = load_config("tiny", steps=4, model=model, output=str(tmp_path / "run"), compile=True,
                          **dict(FAST, resolution=16, final_resolution=32, final_fraction=0.5, eval_every=4, sample_every=4))
     result = train(config, progress=False)
-    metrics = json.loads((result.output / run_layout.METRICS).read_text())
+    metrics = json.loads((result.output / run_layout.METRICS_FILE).read_text())
     assert metrics["steps"] == 4 and "compile_s" in metrics and torch.isfinite(torch.tensor(metrics["psnr"]))
     assert [h["step"] for h in result.history] == [1, 2, 3, 4]
     CustomAutoencoderKL.from_pretrained(result.output / run_layout.MODEL_DIR)
