@@ -1,9 +1,9 @@
 """A Stable Diffusion VAE written from scratch, at home in the diffusers ecosystem.
 
 The package is laid out by layer, each importing only from those below it (docs/architecture.md):
-``network`` → ``data`` → ``models`` → ``evaluation`` → ``training`` → ``hub`` → ``cli``; ``conversion``, a
-package of its own, sits on the network. The names below load on first use: ``import sd_custom_vae.network``
-(which ``conversion`` does) pulls in the network alone, not diffusers, the training loop or the command line.
+``base`` → ``network`` → ``conversion`` → ``data`` → ``models`` → ``evaluation`` → ``training`` → ``cli``; the
+top-level ``conversion`` package re-exports ``sd_custom_vae.conversion``. The names below load on first use, so
+that the command line's ``--help`` does not import the training loop; the network itself imports diffusers.
 """
 
 import importlib

@@ -18,7 +18,7 @@ ROOT = Path(__file__).parents[1]
 PACKAGES = ("sd_custom_vae", "conversion")
 LAYERS = [
     "sd_custom_vae.base", "sd_custom_vae.network", "sd_custom_vae.conversion", "sd_custom_vae.data", "sd_custom_vae.models", "sd_custom_vae.evaluation",
-    "sd_custom_vae.training", "sd_custom_vae.hub", "sd_custom_vae.cli",
+    "sd_custom_vae.training", "sd_custom_vae.cli",
 ]
 MAX_LINES = 350
 

@@ -1,4 +1,4 @@
-"""Layer 1, conversion: checkpoints of SD-family VAEs in every naming scheme and file format, in and out; the
+"""Layer 2, conversion: checkpoints of SD-family VAEs in every naming scheme and file format, in and out; the
 only place in the project that knows foreign key names.
 
 Schemes (``detect_scheme`` tells which a state dict uses): diffusers' ``AutoencoderKL`` names, which our

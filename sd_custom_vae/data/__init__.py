@@ -1,4 +1,4 @@
-"""Layer 2, the data: images from wherever ``--data`` names them, decoded one way, cut into crops.
+"""Layer 3, the data: images from wherever ``--data`` names them, decoded one way, cut into crops.
 
 Knows nothing of models. Sources (folders, the built-in photos, 🤗 datasets, WebDataset shards) are opened by
 ``naming.open_source``; ``images.read_image`` is the one image reader; ``crops`` makes training and evaluation

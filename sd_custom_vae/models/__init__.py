@@ -1,4 +1,4 @@
-"""Layer 3, the models: the network as ``CustomAutoencoderKL`` (diffusers' face) and ``ScratchVAE`` (the plain
+"""Layer 4, the models: the network as ``CustomAutoencoderKL`` (diffusers' face) and ``ScratchVAE`` (the plain
 module training trains), with what is done to a whole model: exact tiling, the float16 rescale, loading from
 anything a user names, pipelines, Hub repositories.
 

@@ -1,6 +1,6 @@
 """Layer 1, the network: the SD VAE's blocks, encoder and decoder, written from scratch in PyTorch.
 
-Imports nothing of the project; ``conversion`` and every layer above build on it.
+Imports only ``base``; ``conversion`` and every layer above build on it.
 """
 
 from .architecture import ARCHITECTURE_KEYS, DEFAULT, Architecture, downsampling_factor, validate_architecture

@@ -1,4 +1,4 @@
-"""Layer 5, training: a ``ScratchVAE`` trained on accelerate (``trainer.py``), from one ``TrainConfig``
+"""Layer 6, training: a ``ScratchVAE`` trained on accelerate (``trainer.py``), from one ``TrainConfig``
 (``config.py``, ``presets.py``): its objective and losses, its batches, its optimisation, validation, run folder,
 checkpoints, tracking, and the exported model.
 
