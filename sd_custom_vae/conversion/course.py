@@ -22,6 +22,7 @@ import torch
 
 from ..base.errors import UserError
 from ..network import GROUP_NORM_EPS
+from ..network.config import LATENT_SPACE
 from .schemes import expected_tensors
 
 NAME = "course"
@@ -31,7 +32,8 @@ ARCHITECTURE = {
     "latent_channels": 4, "norm_num_groups": 32, "mid_block_add_attention": True, "use_quant_conv": True,
     "use_post_quant_conv": True,
 }
-SCALING_FACTOR = 0.18215  # multiplied into the encoder's output, divided out at the decoder's input
+# SD's, hard-coded by the course: multiplied into the encoder's output, divided out at the decoder's input
+SCALING_FACTOR = LATENT_SPACE.scaling_factor
 GROUP_NORM_EPS_COURSE = 1e-5  # nn.GroupNorm's default, which the course keeps
 EPSILON_NOTE = (
     f"the course's GroupNorms use epsilon {GROUP_NORM_EPS_COURSE:g}, diffusers' {GROUP_NORM_EPS:g}: the same "
