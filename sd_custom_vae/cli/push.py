@@ -14,7 +14,7 @@ from ..base.errors import UserError
 from ..base.files import read_json
 from ..models import hub_repo
 from ..models.hub_repo import FORMATS
-from ..models.run_layout import METRICS_FILE, RECONSTRUCTIONS
+from ..models.run_files import METRICS_FILE, RECONSTRUCTIONS
 from . import add_model_argument
 
 

@@ -63,7 +63,7 @@ def register(subparsers) -> None:
 def resolve_config(args: argparse.Namespace):
     """The run's TrainConfig: the preset or file, then the flags given. Resuming starts from the run's saved
     configuration instead (unless --config names another, which must then describe the same network)."""
-    from ..models.run_layout import TRAIN_CONFIG
+    from ..models.run_files import TRAIN_CONFIG
     from ..training.checkpoints import resumed_run
     from ..training.presets import load_config, read_config_file
 

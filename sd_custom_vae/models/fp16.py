@@ -33,7 +33,7 @@ from torch import nn
 
 from ..base.errors import UserError
 from ..network import Decoder, Encoder, StreamRole
-from .float16 import FP16_MAX, in_float16
+from .half_precision import FP16_MAX, in_float16
 
 HEADROOM = 16.0  # the largest activation after the fix stays below FP16_MAX / HEADROOM
 EPS_MARGIN = 1e4  # a GroupNorm's smallest group variance stays at least this many epsilons: eps cannot matter

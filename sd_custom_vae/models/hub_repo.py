@@ -25,7 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..base.errors import UserError
 from ..conversion import CONFIG_NAME, WEIGHTS_NAME, as_checkpoint, save_checkpoint
-from . import run_layout
+from . import run_files
 from .model_card import build_model_card
 
 FORMATS = ("diffusers", "ldm", "both")
@@ -37,7 +37,7 @@ DEFAULT_TIMEOUT = 120.0
 # what a loader reads at the top of a repo (diffusers, from_single_file, A1111/ComfyUI): left from an earlier
 # push beside new weights, it would be loaded, or offered, in their place
 LOADED_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".index.json")
-LOADED_NAMES = (CONFIG_NAME, run_layout.RECONSTRUCTIONS)
+LOADED_NAMES = (CONFIG_NAME, run_files.RECONSTRUCTIONS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -142,7 +142,7 @@ def stage_repo(
         written.append(ldm_file)
     grid = None
     if reconstructions is not None and Path(reconstructions).is_file():
-        grid = run_layout.RECONSTRUCTIONS
+        grid = run_files.RECONSTRUCTIONS
         image = Path(reconstructions).read_bytes()  # checked as read: what is checked is what is uploaded
         if not image.startswith(PNG_SIGNATURE):
             raise UserError(f"{reconstructions} is not a PNG image: push uploads it as the model card's "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..conversion import CONFIG_NAME
 from ..data import looks_like_a_path
-from . import run_layout
+from . import run_files
 
 # The keyword arguments that say how to reach the Hub, as diffusers' from_pretrained takes them.
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
@@ -99,15 +99,15 @@ def resolve(name: str | os.PathLike, subfolder: str | None = None, **hub_options
     """The model `name` means (see the module docstring): a run's ``model/``, a pipeline's ``vae/``, a model
     folder or a checkpoint file. A folder that is none of these is an error naming what it lacks."""
     path = locate(name, subfolder, **hub_options)
-    if (path / run_layout.MODEL_DIR / CONFIG_NAME).is_file():
-        return ModelLocation(path / run_layout.MODEL_DIR, run=path)
+    if (path / run_files.MODEL_DIR / CONFIG_NAME).is_file():
+        return ModelLocation(path / run_files.MODEL_DIR, run=path)
     if (path / PIPELINE_INDEX).is_file() and (path / "vae").is_dir():
         path = path / "vae"
     if path.is_dir() and not (path / CONFIG_NAME).is_file():
         raise FileNotFoundError(
-            f"{path}: a folder with no {CONFIG_NAME}: neither a training run (no {run_layout.MODEL_DIR}/"
+            f"{path}: a folder with no {CONFIG_NAME}: neither a training run (no {run_files.MODEL_DIR}/"
             f"{CONFIG_NAME}), a pipeline (no vae/) nor a VAE model folder"
         )
     # the model folder of a run: its metrics and pictures belong with it
-    run = path.parent if path.name == run_layout.MODEL_DIR and (path.parent / run_layout.METRICS_FILE).is_file() else None
+    run = path.parent if path.name == run_files.MODEL_DIR and (path.parent / run_files.METRICS_FILE).is_file() else None
     return ModelLocation(path, run)

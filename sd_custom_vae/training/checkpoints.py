@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ..base.errors import UserError
 from ..base.files import write_json
 from ..conversion import write_safetensors
-from ..models.run_layout import CHECKPOINTS_DIR
+from ..models.run_files import CHECKPOINTS_DIR
 
 # the files of a checkpoint folder
 MODEL_WEIGHTS = "model.safetensors"

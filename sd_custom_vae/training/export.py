@@ -10,7 +10,7 @@ from ..data import DataOptions
 from ..evaluation.calibrate import apply_calibration, calibrate
 from ..models import CustomAutoencoderKL, ScratchVAE
 from ..models.latent_space import CALIBRATION_KEY
-from ..models.run_layout import LOSS_CURVE, METRICS_FILE, MODEL_DIR
+from ..models.run_files import LOSS_CURVE, METRICS_FILE, MODEL_DIR
 from .config import TrainConfig
 from .curves import save_loss_curve
 from .objectives import Objective

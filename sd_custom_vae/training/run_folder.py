@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..base.errors import UserError
 from ..base.files import atomic_folder, check_writable
-from ..models.run_layout import TRAIN_CONFIG
+from ..models.run_files import TRAIN_CONFIG
 
 LOCK = ".lock"
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..base.errors import UserError
-from ..models.run_layout import TRACKING_DIR
+from ..models.run_files import TRACKING_DIR
 from .config import TrainConfig
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}

@@ -30,7 +30,7 @@ from ..conversion import OURS, key_scheme, rename_to_ours
 from ..data import MAX_UPSCALE, DataOptions, absolute, load_image_data
 from ..evaluation.perceptual import STLPIPS
 from ..models import ScratchVAE
-from ..models.run_layout import TRAIN_CONFIG
+from ..models.run_files import TRAIN_CONFIG
 from . import checkpoints, export, tracking
 from .batches import BatchFeed
 from .checkpoints import TrainingDiverged

@@ -10,7 +10,7 @@ import torch
 
 from ..evaluation.figures import grid, reconstruction_figure, save_png
 from ..evaluation.quality import Resizing, decode, encode_mean, reconstruction_quality
-from ..models.run_layout import RECONSTRUCTIONS, SAMPLES_DIR
+from ..models.run_files import RECONSTRUCTIONS, SAMPLES_DIR
 from .objectives import Objective
 from .tracking import Tracker
 

@@ -22,7 +22,7 @@ from sd_custom_vae.base import files as base_files
 from sd_custom_vae.cli import main
 from sd_custom_vae.conversion import formats
 from sd_custom_vae.data import load_image_data, read_image
-from sd_custom_vae.models import run_layout
+from sd_custom_vae.models import run_files
 from sd_custom_vae.training import TrainingDiverged, load_config, train
 from sd_custom_vae.training import checkpoints as training_state
 
@@ -31,7 +31,7 @@ def test_a_final_phase_the_images_are_too_small_for_is_left_out_and_said(photos,
     flags = [*train_flags(photos, tmp_path / "run"), "--final-resolution", "256", "--steps", "3"]
     with pytest.warns(UserWarning, match="too small for the final 256px crops"):
         assert main(flags) == 0
-    assert json.loads((tmp_path / "run" / run_layout.TRAIN_CONFIG).read_text())["final_resolution"] is None
+    assert json.loads((tmp_path / "run" / run_files.TRAIN_CONFIG).read_text())["final_resolution"] is None
     fails([*train_flags(photos, tmp_path / "other"), "--final-resolution", "16"], capsys,
           "must be 0 (off) or larger than --resolution 32")
 
@@ -47,8 +47,8 @@ def test_train_refuses_an_output_that_holds_a_previous_run(photos, tmp_path, cap
     fails(train_flags(photos, run, "--steps", "3"), capsys, f"--output {run} already holds files", "--resume", "--overwrite")
     assert digest(run) == before
     assert main(train_flags(photos, run, "--steps", "4", "--checkpoint-every", "4", "--overwrite")) == 0
-    assert sorted(p.name for p in (run / run_layout.CHECKPOINTS_DIR).iterdir()) == ["step-000004"]
-    assert json.loads((run / run_layout.METRICS_FILE).read_text())["steps"] == 4
+    assert sorted(p.name for p in (run / run_files.CHECKPOINTS_DIR).iterdir()) == ["step-000004"]
+    assert json.loads((run / run_files.METRICS_FILE).read_text())["steps"] == 4
 
 
 def test_train_never_touches_a_model_folder_the_user_made(photos, tmp_path, capsys):
@@ -194,7 +194,7 @@ def test_nan_and_blown_up_weights_never_make_a_checkpoint(photos, tmp_path):
         weights = load_file(folder / "model.safetensors")
         assert all(t.abs().max() <= training_state.WEIGHT_LIMIT for t in weights.values()), folder
         assert str(folder) in str(failure.value) or folder != training_state.checkpoints(tmp_path / "run")[0]
-    assert not (tmp_path / "run" / run_layout.MODEL_DIR).exists()
+    assert not (tmp_path / "run" / run_files.MODEL_DIR).exists()
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
@@ -268,16 +268,16 @@ def test_disk_full_says_so_and_keeps_what_was_there(photos, tmp_path, capsys, mo
     run = tmp_path / "run"
     monkeypatch.undo()
     assert main(train_flags(photos, run)) == 0
-    before = digest(run / run_layout.CHECKPOINTS_DIR)
+    before = digest(run / run_files.CHECKPOINTS_DIR)
     monkeypatch.setattr(torch, "save", full)
     fails(train_flags(photos, run, "--resume", str(run), "--steps", "4"), capsys, "disk full", code=1)
-    assert digest(run / run_layout.CHECKPOINTS_DIR) == before
+    assert digest(run / run_files.CHECKPOINTS_DIR) == before
 
 
 def test_resume_falls_back_from_a_corrupt_checkpoint_and_refuses_another_architecture(photos, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(train_flags(photos, run, "--steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", "2")) == 0
-    newest = run / run_layout.CHECKPOINTS_DIR / "step-000004"
+    newest = run / run_files.CHECKPOINTS_DIR / "step-000004"
     (newest / "optimizer.pt").write_bytes(b"garbled")
     with pytest.warns(UserWarning) as warned:
         assert main(["train", "--no-progress", "--resume", str(run), "--steps", "6"]) == 0

@@ -22,7 +22,7 @@ from sd_custom_vae.data import (
     load_image_data,
     open_source,
 )
-from sd_custom_vae.models import run_layout
+from sd_custom_vae.models import run_files
 
 datasets = pytest.importorskip("datasets")
 
@@ -103,7 +103,7 @@ def test_parquet_with_an_image_column_of_another_name(parquet_folder, tmp_path):
     assert isinstance(source, MapSource) and len(source) == 12
     assert source.image(0).size == (48, 40)
     assert main(train_argv(str(parquet_folder), tmp_path / "run")) == 0
-    metrics = json.loads((tmp_path / "run" / run_layout.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "run" / run_files.METRICS_FILE).read_text())
     assert metrics["steps"] == 3 and "parquet" in metrics["data"]
     with pytest.raises(ValueError, match="'nope' is not a column.*picture, caption"):
         open_source(str(parquet_folder), DataOptions(image_column="nope"))
@@ -115,7 +115,7 @@ def test_save_to_disk_folder_and_held_out_images_are_never_trained_on(saved_data
     assert held_out and not set(train) & set(held_out) and sorted(train + held_out) == list(range(10))
     assert all(bucket(str(i).encode()) < 0.3 for i in held_out)
     assert main(train_argv(str(saved_dataset), tmp_path / "run", "--val-fraction", "0.3")) == 0
-    assert (tmp_path / "run" / run_layout.MODEL_DIR / "config.json").is_file()
+    assert (tmp_path / "run" / run_files.MODEL_DIR / "config.json").is_file()
 
 
 def test_webdataset_shards_by_brace_pattern_stream_disjoint_shares(shards, tmp_path):
@@ -160,7 +160,7 @@ def test_eval_and_calibrate_read_the_same_sources(parquet_folder, tmp_path, caps
 
 def test_train_with_gradient_checkpointing_and_data_workers(parquet_folder, tmp_path):
     assert main(train_argv(str(parquet_folder), tmp_path / "run", "--gradient-checkpointing", "--num-workers", "1")) == 0
-    config = json.loads((tmp_path / "run" / run_layout.TRAIN_CONFIG).read_text())
+    config = json.loads((tmp_path / "run" / run_files.TRAIN_CONFIG).read_text())
     assert config["gradient_checkpointing"] is True and config["num_workers"] == 1
 
 
@@ -191,7 +191,7 @@ def test_a_teacher_named_by_hub_id_exists_only_on_the_hub(tmp_path):
             capture_output=True, text=True, env=env, timeout=600,
         )
     assert trained.returncode == 0, trained.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / run_layout.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "run" / run_files.METRICS_FILE).read_text())
     assert metrics["teacher"] == "org/teacher-vae" and metrics["scaling_factor"] == pytest.approx(0.3)
 
 

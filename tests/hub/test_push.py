@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sd_custom_vae import cli
-from sd_custom_vae.models import run_layout
+from sd_custom_vae.models import run_files
 
 TOKEN = "hf_test_token_not_a_secret_0123456789"
 METRICS = {"psnr": 21.5, "ssim": 0.612, "steps": 120, "data": "built-in photos (12 images)", "mode": "new",
@@ -43,9 +43,9 @@ def hub():
 def run_dir(tmp_path) -> Path:
     run = tmp_path / "run"
     vae = tiny_vae(seed=3, scaling_factor=0.42)
-    vae.save_pretrained(run / run_layout.MODEL_DIR)
-    (run / run_layout.METRICS_FILE).write_text(json.dumps(METRICS))
-    Image.new("RGB", (64, 32), (200, 30, 30)).save(run / run_layout.RECONSTRUCTIONS)
+    vae.save_pretrained(run / run_files.MODEL_DIR)
+    (run / run_files.METRICS_FILE).write_text(json.dumps(METRICS))
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(run / run_files.RECONSTRUCTIONS)
     return run
 
 
@@ -216,15 +216,15 @@ def test_a_retried_request_logs_no_credentials(hub, run_dir, tmp_path):
 def test_a_grid_or_metrics_linked_from_outside_the_run_is_not_uploaded(run_dir, tmp_path, capsys):
     private = tmp_path / "private.png"
     Image.new("RGB", (8, 8)).save(private)
-    (run_dir / run_layout.RECONSTRUCTIONS).unlink()
-    (run_dir / run_layout.RECONSTRUCTIONS).symlink_to(private)
+    (run_dir / run_files.RECONSTRUCTIONS).unlink()
+    (run_dir / run_files.RECONSTRUCTIONS).symlink_to(private)
     assert cli.main(["push", str(run_dir), "user/x", "--token", TOKEN]) == 2
     err = capsys.readouterr().err
-    assert f"{run_dir / run_layout.RECONSTRUCTIONS} is a link to {private}, outside the run" in err
-    (run_dir / run_layout.RECONSTRUCTIONS).unlink()
+    assert f"{run_dir / run_files.RECONSTRUCTIONS} is a link to {private}, outside the run" in err
+    (run_dir / run_files.RECONSTRUCTIONS).unlink()
     (tmp_path / "secrets.json").write_text('{"psnr": 1.0}')
-    (run_dir / run_layout.METRICS_FILE).unlink()
-    (run_dir / run_layout.METRICS_FILE).symlink_to(tmp_path / "secrets.json")
+    (run_dir / run_files.METRICS_FILE).unlink()
+    (run_dir / run_files.METRICS_FILE).symlink_to(tmp_path / "secrets.json")
     assert cli.main(["push", str(run_dir), "user/x", "--token", TOKEN]) == 2
     assert "outside the run" in capsys.readouterr().err
 

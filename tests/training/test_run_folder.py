@@ -12,7 +12,7 @@ from factories import tiny_vae
 from helpers import digest, fails, train_flags
 
 from sd_custom_vae.cli import main
-from sd_custom_vae.models.run_layout import CHECKPOINTS_DIR, TRAIN_CONFIG
+from sd_custom_vae.models.run_files import CHECKPOINTS_DIR, TRAIN_CONFIG
 from sd_custom_vae.training import checkpoints
 from sd_custom_vae.training.run_folder import LOCK, RunFolder
 

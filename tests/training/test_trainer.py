@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.evaluation import perceptual
-from sd_custom_vae.models import run_layout
+from sd_custom_vae.models import run_files
 from sd_custom_vae.training import TrainingDiverged, load_config, train
 from sd_custom_vae.training.losses import VAELoss
 
@@ -29,16 +29,16 @@ def test_tiny_preset_learns_and_writes_its_run_folder(tmp_path):
                          **dict(FAST, learning_rate=2e-3, reconstruction="mse"))
     result = train(config, progress=False)
     run = result.output
-    val = json.loads((run / run_layout.CHECKPOINTS_DIR / "step-000030" / "state.json").read_text())["val_history"]
+    val = json.loads((run / run_files.CHECKPOINTS_DIR / "step-000030" / "state.json").read_text())["val_history"]
     assert val[-1]["psnr"] > val[0]["psnr"] + 2  # dB
     assert result.history[-1]["colour"] < result.history[0]["colour"]  # the preset's colour term is trained
-    for name in (run_layout.METRICS_FILE, run_layout.RECONSTRUCTIONS, run_layout.LOSS_CURVE, run_layout.TRAIN_CONFIG,
+    for name in (run_files.METRICS_FILE, run_files.RECONSTRUCTIONS, run_files.LOSS_CURVE, run_files.TRAIN_CONFIG,
                  "samples/step-000010.png", "checkpoints/step-000030/model.safetensors"):
         assert (run / name).exists(), name
-    metrics = json.loads((run / run_layout.METRICS_FILE).read_text())
+    metrics = json.loads((run / run_files.METRICS_FILE).read_text())
     assert metrics["steps"] == 30 and metrics["psnr"] == pytest.approx(result.metrics["psnr"])
     # the exported folder is ready for vae=
-    vae = CustomAutoencoderKL.from_pretrained(run / run_layout.MODEL_DIR)
+    vae = CustomAutoencoderKL.from_pretrained(run / run_files.MODEL_DIR)
     assert list(vae.config.block_out_channels) == list(config.model["block_out_channels"])
     with torch.no_grad():
         assert vae(torch.zeros(1, 3, 32, 32)).sample.shape == (1, 3, 32, 32)
@@ -47,7 +47,7 @@ def test_tiny_preset_learns_and_writes_its_run_folder(tmp_path):
 def test_first_validation_beats_untrained_reconstruction(tmp_path):
     config = load_config("tiny", steps=40, output=str(tmp_path / "run"), **dict(FAST, eval_every=1, sample_every=40))
     result = train(config, progress=False)
-    val = json.loads((result.output / run_layout.CHECKPOINTS_DIR / "step-000040" / "state.json").read_text())["val_history"]
+    val = json.loads((result.output / run_files.CHECKPOINTS_DIR / "step-000040" / "state.json").read_text())["val_history"]
     assert [v["step"] for v in val] == list(range(41))
     assert val[-1]["psnr"] > val[0]["psnr"] + 2  # dB
 
@@ -55,7 +55,7 @@ def test_first_validation_beats_untrained_reconstruction(tmp_path):
 def test_checkpoints_are_pruned_and_loadable(tmp_path):
     config = load_config("tiny", steps=6, output=str(tmp_path / "run"), **dict(FAST, checkpoint_every=2, keep_checkpoints=2))
     train(config, progress=False)
-    kept = sorted(p.name for p in (tmp_path / "run" / run_layout.CHECKPOINTS_DIR).iterdir())
+    kept = sorted(p.name for p in (tmp_path / "run" / run_files.CHECKPOINTS_DIR).iterdir())
     assert kept == ["step-000004", "step-000006"]  # and no leftover temporary folder
     CustomAutoencoderKL.from_scratch_checkpoint(tmp_path / "run" / "checkpoints" / "step-000006" / "model.safetensors")
 
@@ -75,7 +75,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
         train(config, progress=False)
     assert (tmp_path / "run" / "checkpoints" / "step-000004").exists()
     assert not (tmp_path / "run" / "checkpoints" / "step-000006").exists()
-    assert not (tmp_path / "run" / run_layout.MODEL_DIR).exists()
+    assert not (tmp_path / "run" / run_files.MODEL_DIR).exists()
 
 
 def test_ldm_recipe_runs_perceptual_gan_ema_and_course_objective(tmp_path):
@@ -116,7 +116,7 @@ def test_kill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (interrupted / run_layout.MODEL_DIR).exists()
+    assert not (interrupted / run_files.MODEL_DIR).exists()
 
     subprocess.run(cli("--resume", str(interrupted)), check=True, env=env)
     expected = load_file(tmp_path / "straight" / "checkpoints" / "step-000016" / "model.safetensors")
@@ -139,7 +139,7 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / run_layout.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "run" / run_files.METRICS_FILE).read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 4
 
 
@@ -168,10 +168,10 @@ def test_distillation_learns_the_teachers_latent_space(tmp_path, teacher_folder)
     assert (first["step"], last["step"]) == (0, 30)
     assert last["latent_relative_error"] < 0.8 * first["latent_relative_error"]
     assert last["teacher_latent_psnr"] > first["teacher_latent_psnr"] + 1
-    student = CustomAutoencoderKL.from_pretrained(result.output / run_layout.MODEL_DIR)
+    student = CustomAutoencoderKL.from_pretrained(result.output / run_files.MODEL_DIR)
     assert student.config.scaling_factor == 0.5 and student.config.shift_factor == 0.1  # inherited
     assert list(student.config.block_out_channels) == [16, 16, 32, 32]
-    metrics = json.loads((result.output / run_layout.METRICS_FILE).read_text())
+    metrics = json.loads((result.output / run_files.METRICS_FILE).read_text())
     assert metrics["mode"] == "distill" and "latent_relative_error" in metrics and "teacher_psnr" in metrics
 
 
@@ -186,7 +186,7 @@ def test_decoder_finetune_keeps_the_teachers_encoder(tmp_path, teacher_folder):
     )
     result = train(config, progress=False)
     teacher = CustomAutoencoderKL.from_pretrained(teacher_folder)
-    tuned = CustomAutoencoderKL.from_pretrained(result.output / run_layout.MODEL_DIR)
+    tuned = CustomAutoencoderKL.from_pretrained(result.output / run_files.MODEL_DIR)
     for key, tensor in teacher.state_dict().items():
         if key.startswith(("encoder.", "quant_conv.")):  # the encoder side is frozen: exactly the teacher's
             assert torch.equal(tuned.state_dict()[key], tensor), key
@@ -241,7 +241,7 @@ def test_compiled_run_crosses_the_crop_phases_and_exports(tmp_path):
     config = load_config("tiny", steps=4, model=model, output=str(tmp_path / "run"), compile=True,
                          **dict(FAST, resolution=16, final_resolution=32, final_fraction=0.5, eval_every=4, sample_every=4))
     result = train(config, progress=False)
-    metrics = json.loads((result.output / run_layout.METRICS_FILE).read_text())
+    metrics = json.loads((result.output / run_files.METRICS_FILE).read_text())
     assert metrics["steps"] == 4 and "compile_s" in metrics and torch.isfinite(torch.tensor(metrics["psnr"]))
     assert [h["step"] for h in result.history] == [1, 2, 3, 4]
-    CustomAutoencoderKL.from_pretrained(result.output / run_layout.MODEL_DIR)
+    CustomAutoencoderKL.from_pretrained(result.output / run_files.MODEL_DIR)
