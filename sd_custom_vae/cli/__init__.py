@@ -75,6 +75,12 @@ def positive(flag: str, value: int | float | None, minimum: float = 1) -> None:
         raise UserError(f"{flag} must be at least {minimum:g}, got {value}")
 
 
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """--device, whose default is what ``pick_device`` picks."""
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu: the first this machine has)")
+
+
 def pick_device(requested: str | None) -> str:
     """The device a command runs on: `requested` if this machine has it, else cuda, mps or cpu, the first available."""
     import torch

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..base.errors import UserError
-from . import add_data_flags, add_model_argument, add_output_flags, data_options
+from . import add_data_flags, add_device_flag, add_model_argument, add_output_flags, data_options
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="crops and latent samples are drawn from this seed")
     add_output_flags(parser, None, "save the calibrated model as this folder instead")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    add_device_flag(parser)
     parser.set_defaults(handler=run)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..base.errors import UserError
 from ..data.crops import PROTOCOLS
 from ..evaluation.quality import METRICS
-from . import add_data_flags, add_model_argument, add_output_flags, data_options
+from . import add_data_flags, add_device_flag, add_model_argument, add_output_flags, data_options
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--resolution", type=int, default=256, help="crop side in pixels (default 256)")
     parser.add_argument("--crops-per-image", type=int, default=2, help="with --protocol crops (default 2)")
     add_output_flags(parser, "eval", "folder for eval.json and eval.png")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    add_device_flag(parser)
     parser.set_defaults(handler=run)
 
 

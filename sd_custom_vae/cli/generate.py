@@ -8,7 +8,7 @@ import math
 from ..base.errors import UserError
 from ..base.files import atomic_path, check_new
 from ..conversion import DTYPES
-from . import add_output_flags
+from . import add_device_flag, add_output_flags
 
 # Stable Diffusion models draw at 512-1024 px; at 8192 px one activation of SD's VAE decoder (128 channels, float16)
 # already takes 16 GiB, and the UNet's attention grows with the square of the pixel count
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's own")
     parser.add_argument("--height", type=int, default=None, help="default: the model's native size")
     parser.add_argument("--width", type=int, default=None, help="default: the model's native size")
-    parser.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
+    add_device_flag(parser)
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="auto: fp16 on a GPU, fp32 on the CPU")
     parser.set_defaults(handler=run)

@@ -4,10 +4,10 @@ Checks run before anything heavy is loaded: the UNet must take this VAE's latent
 channel count is an error), and a latent scale that looks wrong for the UNet is a warning
 (``LatentScaleWarning``), since images still come out, only worse.
 
-A pipeline carrying our VAE saves like any other: ``model_index.json`` records the module of the class,
-``["sd_custom_vae.models.autoencoder_kl", "CustomAutoencoderKL"]`` (``sd_custom_vae.autoencoder_kl`` before 0.3,
-still valid). Diffusers never imports a module because a repository names it: it finds ours among the modules
-already imported, so ``from sd_custom_vae import CustomAutoencoderKL`` before ``from_pretrained`` on such a folder.
+A pipeline carrying our VAE saves like any other: ``model_index.json`` records the class by its public module,
+``["sd_custom_vae.autoencoder_kl", "CustomAutoencoderKL"]``, as 0.1 and 0.2 did, so pipelines saved by any version
+load. Diffusers (from 0.42) imports no module a repository names: it finds ours among the modules already
+imported, so ``from sd_custom_vae import CustomAutoencoderKL`` before ``from_pretrained`` on such a folder.
 """
 
 from __future__ import annotations
