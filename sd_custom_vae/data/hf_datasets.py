@@ -62,6 +62,12 @@ def webdataset_shards(data: str) -> list[str] | None:
     missing = [n for n in names if "://" not in n and not os.path.isfile(n)]
     if missing:
         raise FileNotFoundError(f"--data {data}: {len(missing)} shard(s) not found, e.g. {missing[0]}")
+    if any(n.startswith(("http://", "https://")) for n in names):
+        try:  # fsspec reads http(s) with aiohttp, a dependency (fsspec[http]) that an older install may lack
+            import aiohttp  # noqa: F401
+        except ImportError:
+            raise UserError(f"--data {data}: shards given as URLs are read with aiohttp, which is not installed: "
+                            "pip install aiohttp") from None
     return names or None
 
 

@@ -91,8 +91,13 @@ def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptio
     if path.exists():
         raise UserError(f"--data {data}: not an image folder, dataset folder, .parquet/.arrow file or .tar shard")
     if _HUB_NAME.match(data) and not looks_like_a_path(data):
-        loaded = datasets.load_dataset(data, split=options.split, revision=options.revision,
-                                       streaming=options.streaming)
+        try:
+            loaded = datasets.load_dataset(data, split=options.split, revision=options.revision,
+                                           streaming=options.streaming)
+        except (ConnectionError, FileNotFoundError) as error:  # offline, unreachable, or no such dataset
+            # ORG/NAME is also how a local folder is written: say both, as every command does for a missing folder
+            raise FileNotFoundError(f"--data {data}: no such image folder here, and no Hub dataset of that name could "
+                                    f"be opened ({type(error).__name__}: {error})") from None
         except ValueError as error:  # datasets' word for an unknown --split, config or --revision
             raise UserError(f"--data {data}: {error}") from None
         return from_datasets(loaded, f"{data} (Hub dataset, split {options.split})", options)

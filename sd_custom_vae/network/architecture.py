@@ -30,6 +30,14 @@ class Architecture:
 DEFAULT = Architecture()
 ARCHITECTURE_KEYS = tuple(f.name for f in fields(Architecture))
 
+# Upper bounds: far above any published VAE (SD, SDXL, FLUX: 4 levels of at most 512 channels, 2 blocks per level,
+# 16 latent channels, 84 million parameters), and low enough that a typo in a config.json is refused at once rather
+# than found by building a network that fills the memory.
+MAX_CHANNELS = 8192  # of any layer, the latent included, and GroupNorm's groups
+MAX_LAYERS_PER_BLOCK = 32
+MAX_LEVELS = 10  # 2⁹ = 512× downsampling
+MAX_PARAMETERS = 2_000_000_000
+
 
 def downsampling_factor(block_out_channels) -> int:
     """Image side / latent side: every level but the last halves the resolution."""
@@ -49,6 +57,9 @@ def validate_architecture(config: dict) -> None:
     for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
         if key in config and (not is_int(config[key]) or config[key] < 1):
             raise UserError(f"config {key} must be a positive integer, got {config[key]!r}")
+        most = MAX_LAYERS_PER_BLOCK if key == "layers_per_block" else MAX_CHANNELS
+        if key in config and config[key] > most:
+            raise UserError(f"config {key} must be at most {most}, got {config[key]!r}: check the config")
     for key in ("mid_block_add_attention", "use_quant_conv", "use_post_quant_conv"):
         if key in config and not isinstance(config[key], bool):
             raise UserError(f"config {key} must be true or false, got {config[key]!r}")
@@ -57,9 +68,30 @@ def validate_architecture(config: dict) -> None:
         groups = config.get("norm_num_groups", DEFAULT.norm_num_groups)
         if not isinstance(channels, (list, tuple)) or not channels:
             raise UserError(f"config block_out_channels must list at least one level, got {channels!r}")
+        if len(channels) > MAX_LEVELS:
+            raise UserError(f"config block_out_channels lists {len(channels)} levels, at most {MAX_LEVELS} "
+                            f"(a {downsampling_factor(range(MAX_LEVELS))}× downsampling): check the config")
         for value in channels:
             if not is_int(value) or value < 1 or value % groups:
                 raise UserError(
                     f"config block_out_channels entry {value!r} (in {tuple(channels)}) is not a positive "
                     f"multiple of norm_num_groups={groups}: GroupNorm splits channels into that many groups"
                 )
+            if value > MAX_CHANNELS:
+                raise UserError(f"config block_out_channels entry {value} (in {tuple(channels)}) is more than "
+                                f"{MAX_CHANNELS} channels: check the config")
+        layers = config.get("layers_per_block", DEFAULT.layers_per_block)
+        if approximate_parameters(channels, layers) > MAX_PARAMETERS:
+            raise UserError(
+                f"config block_out_channels {list(channels)} with layers_per_block {layers} make a network of about "
+                f"{approximate_parameters(channels, layers) / 1e9:.3g} billion parameters, more than the "
+                f"{MAX_PARAMETERS / 1e9:g} billion built here (SD's VAE has 84 million): check the config"
+            )
+
+
+def approximate_parameters(block_out_channels, layers_per_block: int) -> int:
+    """The parameters of a VAE of this shape, within about 10% (SD's: 76 million estimated, 84 million built):
+    its 3×3 convolutions, each residual block two of them, and the mid blocks' attention."""
+    per_level = sum((2 * layers_per_block + 1) * 18 * c * c for c in block_out_channels)  # encoder + decoder blocks
+    last = block_out_channels[-1]
+    return per_level + 2 * (2 * 18 + 4) * last * last  # two mid blocks: two residual blocks and attention each

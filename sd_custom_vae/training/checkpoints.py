@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import warnings
@@ -79,14 +81,36 @@ def save(run: Path, step: int, files: dict[str, object], keep: int) -> Path:
             elif name.endswith(".json"):
                 write_json(content, tmp / name)
             else:
-                torch.save(content, tmp / name)
+                _save_pickle(content, tmp / name)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+    except OSError as error:  # a full disk: named as the checkpoint, which is what the user can find and resume
+        if error.errno != errno.ENOSPC:
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves the earlier checkpoints alone
     for old in checkpoints(run)[keep:]:
         shutil.rmtree(old)
     return folder
+
+
+def check_steps_left(folder: Path, step: int, steps: int) -> None:
+    """Refuse to resume `folder`, at `step`, towards fewer --steps (the run's total, not the steps to add); say so when
+    nothing is left to train."""
+    if step > steps:
+        raise UserError(f"{folder} is at step {step}, past --steps {steps}: --steps is the run's total, not the steps "
+                        f"to add; pass --steps above {step} to train on")
+    if step == steps:
+        warnings.warn(f"{folder} is at step {steps}, the run's --steps: nothing left to train; it is validated and "
+                      f"exported again (pass --steps above {steps} to train on)", stacklevel=4)
+
+
+def _save_pickle(content: object, path: Path) -> None:
+    # through a Python file: a failed write (a full disk) then raises OSError with its errno, where torch's own
+    # file writer says only "[enforce fail at inline_container.cc] unexpected pos 704 vs 598", a RuntimeError
+    with open(path, "wb") as file:
+        torch.save(content, file)
 
 
 def load(folder: Path) -> dict[str, object]:

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 import warnings
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from ..base.errors import UserError
 from ..base.files import atomic_folder, check_writable
-from ..models.run_files import TRAIN_CONFIG
+from ..models.run_files import CHECKPOINTS_DIR, TRAIN_CONFIG
 
 LOCK = ".lock"
 
@@ -216,7 +217,24 @@ class RunFolder:
             return None
         return f"process {pid} on {host}"
 
-    def release(self) -> None:
+    def _empty(self) -> None:
+        """Remove what a new run wrote here, keeping its lock. The folder was claimed empty (or emptied by
+        --overwrite), so it holds only that run's files."""
+        for entry in self.path.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        warnings.warn(f"{self.path}: the run stopped before its first checkpoint; what it wrote was removed, so the "
+                      "same command can run again", stacklevel=3)
+
+    def release(self, stopped: bool = False) -> None:
+        """Unlock the folder. A new run `stopped` before its first checkpoint leaves it empty: nothing could resume
+        from what it wrote, and that would refuse the corrected rerun ("already holds files")."""
+        if stopped and self.locked and not self.resuming and not any((self.path / CHECKPOINTS_DIR).glob("step-*")):
+            self._empty()
         if self.locked:
             # removed while still flocked: a run that opened it meanwhile sees, after its flock, that the file it
             # holds is no longer the lock, and starts again

@@ -92,6 +92,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: str | Path | bool | None = None, overwrite: bool = False,
                  accelerator: Accelerator | None = None, progress: bool = True):
+        config.validate()  # what the command line checked already, for a config built in Python
         tracking.check_installed(config.report_to)
         # local paths recorded absolute: a resume from another folder reads the same images and teacher
         config = config.replace(data=absolute(config.data), teacher=absolute(config.teacher))
@@ -243,6 +244,7 @@ class Trainer:
                 f"{self.config.data or 'the built-in photos'}: resume with the run's own images (--data "
                 f"{state['data'] or 'builtin'}), or start a new run"
             )
+        checkpoints.check_steps_left(folder, state["step"], self.config.steps)
         self.optimisation.load_state(files, self.accelerator, folder)
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.history, self.val_history = state["history"], state["val_history"]
@@ -256,12 +258,14 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to ``config.steps`` (from the step resumed, if any), validate, checkpoint, export."""
+        finished = False
         try:
-            return self._run()
+            result, finished = self._run(), True
+            return result
         finally:
             self.tracker.close()
             if self.accelerator.is_main_process:
-                self.folder.release()
+                self.folder.release(stopped=not finished)
 
     def _run(self) -> TrainResult:
         config, a = self.config, self.accelerator

@@ -274,6 +274,41 @@ def test_disk_full_says_so_and_keeps_what_was_there(photos, tmp_path, capsys, mo
     assert digest(run / run_files.CHECKPOINTS_DIR) == before
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device every write to fails as ENOSPC")
+def test_a_full_disk_at_the_first_checkpoint_says_so_and_leaves_the_folder_free(photos, tmp_path, capsys, monkeypatch):
+    # torch.save itself writes to a disk that is full: its own writer says "unexpected pos", a RuntimeError
+    monkeypatch.setattr(training_state, "open", lambda path, mode: open("/dev/full", mode), raising=False)
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="stopped before its first checkpoint"):
+        line = fails(train_flags(photos, run), capsys, "disk full while writing", "step-000002", code=1)
+    assert "a bug" not in line
+    assert not any(run.iterdir())  # no half-written checkpoint, and nothing that would refuse the rerun
+    monkeypatch.undo()
+    assert main(train_flags(photos, run)) == 0
+
+
+def test_resume_with_fewer_steps_than_done_says_so(photos, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_flags(photos, run, "--steps", "4", "--checkpoint-every", "4")) == 0
+    capsys.readouterr()
+    before = digest(run)
+    fails(["train", "--no-progress", "--resume", str(run), "--steps", "2"], capsys,
+          "step-000004 is at step 4, past --steps 2", "pass --steps above 4 to train on")
+    assert digest(run) == before
+
+
+def test_an_absurd_architecture_in_a_config_is_refused_before_anything_is_built(tmp_path, capsys):
+    for key, value, message in [("layers_per_block", 100_000_000, "layers_per_block must be at most 32, got 100000000"),
+                                ("latent_channels", 10**9, "latent_channels must be at most 8192"),
+                                ("block_out_channels", [4096] * 2, "about 3.15 billion parameters, more than the 2")]:
+        folder = tmp_path / key
+        tiny_vae().save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, key: value, "norm_num_groups": 8}))
+        fails(["convert", str(folder), str(tmp_path / "out.safetensors"), "--to", "ldm"], capsys, key, message)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_resume_falls_back_from_a_corrupt_checkpoint_and_refuses_another_architecture(photos, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(train_flags(photos, run, "--steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", "2")) == 0

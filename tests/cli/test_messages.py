@@ -202,6 +202,26 @@ def webdataset_shard(path, with_images: bool = True, count: int = 4):
             tar.addfile(info, io.BytesIO(data.getvalue()))
 
 
+def test_shards_given_as_urls_are_read_with_a_dependency_and_its_absence_is_said(monkeypatch):
+    from sd_custom_vae.data.hf_datasets import webdataset_shards
+
+    urls = "https://example.com/s-{000..001}.tar"
+    assert webdataset_shards(urls) == ["https://example.com/s-000.tar", "https://example.com/s-001.tar"]
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # an install from before fsspec[http] was a dependency
+    with pytest.raises(ValueError, match="shards given as URLs are read with aiohttp, .*pip install aiohttp"):
+        webdataset_shards(urls)
+
+
+def test_eval_names_a_missing_local_folder_as_train_does(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    for data in ("photos/train", "pics/train"):  # beside a photos/ folder, and with no such first folder either
+        (tmp_path / "photos").mkdir(exist_ok=True)
+        fails(["eval", "vae", "--data", data, "--resolution", "32", "--metrics", "psnr"], capsys,
+              f"--data {data}: no such image folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "vae"]
+
+
 @pytest.mark.parametrize("case, message", [
     ("image-file", "is one image file: give the folder that holds the images"),
     ("missing-local", "no such image folder"),

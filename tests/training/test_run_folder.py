@@ -207,6 +207,29 @@ def test_a_held_lock_is_never_taken_over_whatever_it_says(tmp_path):
     assert not (tmp_path / "run" / LOCK).exists()
 
 
+def test_an_empty_lock_a_full_disk_left_does_not_block_the_next_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / TRAIN_CONFIG).write_text("{}")
+    (run / LOCK).write_bytes(b"")  # created, then the disk was full before its holder could be written
+    resuming = RunFolder(str(run), "tiny", True, False)
+    resuming.check(None, None)
+    resuming.claim()
+    assert resuming.locked and json.loads((run / LOCK).read_text())["pid"] == os.getpid()
+    resuming.release()
+
+
+def test_a_new_run_stopped_before_its_first_checkpoint_leaves_its_folder_free(tmp_path):
+    folder = RunFolder(str(tmp_path / "run"), "tiny", False, False)
+    folder.claim()
+    (tmp_path / "run" / TRAIN_CONFIG).write_text("{}")
+    (tmp_path / "run" / "checkpoints" / ".tmp-step-000002").mkdir(parents=True)
+    with pytest.warns(UserWarning, match="stopped before its first checkpoint"):
+        folder.release(stopped=True)
+    assert list((tmp_path / "run").iterdir()) == []
+    RunFolder(str(tmp_path / "run"), "tiny", False, False).check(None, None)  # the rerun is not refused
+
+
 def test_a_lock_released_while_another_run_waits_for_it_is_not_shared(tmp_path, monkeypatch):
     """B opens the lock; before B's flock, A ends (removing the file) and C claims a new one: B's flock then holds a
     file that is no longer the lock, so B must look again and be refused, not train beside C."""
