@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..base.errors import UserError
 from . import add_data_flags, add_model_argument, data_options
 
 
@@ -14,7 +13,8 @@ def register(subparsers) -> None:
         help="rescale a VAE so it runs in float16 without NaN (exact, no training)",
         description="Measure the VAE's activations on real images and random latents, rescale its residual streams "
         "by powers of two so every activation stays well inside float16's range (GroupNorm makes this exact), set "
-        "force_upcast false, and write a stock diffusers AutoencoderKL folder (and an LDM file with --ldm).",
+        "force_upcast false if float16 then runs without NaN (true, with a warning saying where it overflows, if "
+        "not), and write a stock diffusers AutoencoderKL folder (and an LDM file with --ldm).",
     )
     add_model_argument(parser, "input", "the VAE to fix")
     parser.add_argument("output", help="the fixed VAE's folder (diffusers AutoencoderKL format)")
@@ -43,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if args.ldm:
         check_new(args.ldm, args.overwrite)
         if not str(args.ldm).endswith(".safetensors"):
-            raise UserError(f"--ldm {args.ldm}: the LDM file is written as safetensors and must end in .safetensors")
+            raise ValueError(f"--ldm {args.ldm}: the LDM file is written as safetensors and must end in .safetensors")
     vae = load_vae(args.input, torch.float32, args.subfolder).to(pick_device(None))
     factor = vae.downsampling_factor
     if args.resolution % factor:
-        raise UserError(f"--resolution {args.resolution} must be a multiple of the VAE's downsampling factor {factor}")
+        raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's downsampling factor {factor}")
     found, _ = read_images(args.data, args.resolution, data_options(args), limit=args.images)
     images = evaluation_crops(list(found), args.resolution, 1)[: args.images]
     report = make_fp16_safe(vae, images, calibration_latents(vae))

@@ -26,17 +26,20 @@ activation, where float16 overflows first if it overflows anywhere.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..base.errors import UserError
 from ..network import Decoder, Encoder, StreamRole
 from .half_precision import FP16_MAX, in_float16
 
 HEADROOM = 16.0  # the largest activation after the fix stays below FP16_MAX / HEADROOM
-EPS_MARGIN = 1e4  # a GroupNorm's smallest group variance stays at least this many epsilons: eps cannot matter
+# A GroupNorm's smallest group variance stays at least this many epsilons once scaled, so epsilon moves each
+# normalised value by at most 1/(2·EPS_MARGIN) = 5e-7 relative: 20 GroupNorms in a row stay under 1e-5. (10^4,
+# as before, let a scale change float32 outputs by 1e-4: the fix must be exact, not nearly.)
+EPS_MARGIN = 2.0**20
 
 
 @dataclass
@@ -50,6 +53,11 @@ class Fp16Report:
     fp32_change: float  # max |fp32 reconstruction after - before|: the fix's own (GroupNorm epsilon) effect
     scales: dict[str, float] = field(default_factory=dict)
     checked_on: str = ""  # how float16 was run, on which inputs
+    overflow: str = ""  # where float16 still overflows after the fix ("": nowhere, the VAE is float16-safe)
+
+    @property
+    def fp16_safe(self) -> bool:
+        return math.isfinite(self.fp16_error_after)
 
     def __str__(self) -> str:
         def error(value: float) -> str:
@@ -64,6 +72,8 @@ class Fp16Report:
             f"float32 outputs changed by {self.fp32_change:.2e}; {len(changed)} stream/branch scale(s) set: "
             + ", ".join(f"{k} ×2^{int(math.log2(v))}" for k, v in list(changed.items())[:8])
             + (" ..." if len(changed) > 8 else "")
+            + ("" if self.fp16_safe else f"\nfloat16 still overflows ({self.overflow}): no power-of-two rescale of the "
+               "residual streams can fix it; force_upcast stays true")
         )
 
 
@@ -73,13 +83,16 @@ def _roles(network: Encoder | Decoder) -> list[StreamRole]:
 
 class _Measure:
     """Forward hooks recording, per layer, the largest |activation| (and which input of the batch reached it)
-    and the smallest GroupNorm group variance."""
+    and the smallest GroupNorm group variance. `unscaled`: layers outside the streams, which no scale changes
+    (the heads' convs, quant_conv, post_quant_conv): only their largest outputs are recorded."""
 
-    def __init__(self, networks: list[Encoder | Decoder]):
+    def __init__(self, networks: list[Encoder | Decoder], unscaled: list[nn.Module]):
         self.maximum: dict[nn.Module, float] = {}
         self.worst_input: dict[nn.Module, int] = {}
         self.min_variance: dict[nn.Module, float] = {}
         self.handles = []
+        for module in unscaled:
+            self._output(module)
         for network in networks:
             for role in _roles(network):
                 for module in (*role.measured, *role.branch[:1]) if role.branch else role.measured:
@@ -98,9 +111,11 @@ class _Measure:
 
     def _norm_input(self, norm: nn.GroupNorm) -> None:
         def hook(_, args):
-            # float32 is precise enough here: the variance is compared with epsilon times a margin of 10^4
+            # float32 is precise enough here (torch accumulates it in double on a CPU): it is compared with 10^6 eps
             x = args[0].detach().float()
             variance = x.reshape(x.shape[0], norm.num_groups, -1).var(-1, unbiased=False).min().item()
+            if math.isnan(variance):  # no variance at all (Python's min would drop a NaN): never scaled down
+                variance = 0.0
             self.min_variance[norm] = min(self.min_variance.get(norm, math.inf), variance)
 
         self.handles.append(norm.register_forward_pre_hook(hook))
@@ -185,25 +200,60 @@ def _decoded(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    difference = max((x - y).abs().max().item() for x, y in zip(a, b))
-    return difference if math.isfinite(difference) else math.inf
+    """max |a - b| over the pairs; inf as soon as one pair has NaN or inf (Python's max would drop a NaN)."""
+    largest = 0.0
+    for x, y in zip(a, b):
+        difference = (x - y).abs().max().item()
+        if not math.isfinite(difference):
+            return math.inf
+        largest = max(largest, difference)
+    return largest
+
+
+def _first_overflow(model: nn.Module) -> list[str]:
+    """Hooks on `model`'s layers; the list they fill holds the name of the first layer whose output is NaN or inf
+    (an overflow in a residual sum between layers shows in the next layer's output)."""
+    found: list[str] = []
+
+    def hook(name):
+        def check(_, __, out):
+            if not found and isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
+                found.append(name)
+        return check
+
+    for name, module in model.named_modules():
+        if not list(module.children()):
+            module.register_forward_hook(hook(name))
+    return found
+
+
+def _too_large(what: str, values: torch.Tensor) -> str:
+    largest = values.abs().max().item()
+    return f"{what} themselves reach {largest:.4g}" if not largest < FP16_MAX else ""
 
 
 def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Report:
     """Rescale `vae` (a float32 ``CustomAutoencoderKL``, changed in place) so that float16 does not overflow on
-    `images` (N, 3, H, W in [-1, 1]) and decoder `latents`; sets ``force_upcast`` False. See the module docstring.
+    `images` (N, 3, H, W in [-1, 1]) and decoder `latents`; sets ``force_upcast`` False if it then runs in float16
+    without NaN or inf. Where float16 still overflows (in a layer no scale reaches: the latents themselves, the
+    encoder's moments), the float32 function is unchanged all the same, ``force_upcast`` is set True, a warning
+    says where, and the report's ``fp16_error_after`` is inf. See the module docstring.
 
     Four passes: the activations measured in float32 on every input; then, on the inputs reaching some part of the
     stream's largest value (where float16 overflows first, if anywhere), the round trip in float32 and in float16
     before the fix, and in float32 and float16 after it."""
     if vae.dtype != torch.float32:
-        raise UserError(f"make_fp16_safe measures the VAE in float32; it is {vae.dtype}: call .float() first")
+        raise ValueError(f"make_fp16_safe measures the VAE in float32; it is {vae.dtype}: call .float() first")
     vae.eval()
-    measure = _Measure([vae.encoder, vae.decoder])
+    unscaled = {side: [m for m in modules if m is not None] for side, modules in (
+        ("encoder", [vae.encoder.conv_out, vae.quant_conv]), ("decoder", [vae.post_quant_conv, vae.decoder.conv_out]))}
+    # float16 cannot even hold inputs this large; checked first, since every layer's NaN then follows from them
+    too_large = _too_large("the latents", latents) or _too_large("the images", images)
+    measure = _Measure([vae.encoder, vae.decoder], unscaled["encoder"] + unscaled["decoder"])
     try:
         decoded = _decoded(vae, latents)
         with torch.no_grad():
-            vae.encoder(images)
+            vae.encode(images)
     finally:
         measure.remove()
 
@@ -226,7 +276,10 @@ def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Repo
                 branch_scales[conv] = _scale_for(measure.maximum[conv], measure.min_variance[norm], eps)
                 largest_after = max(largest_after, measure.maximum[conv] * branch_scales[conv])
         scales.update({f"{names[conv]} (residual branch)": s for conv, s in branch_scales.items()})
-        worst[side] = sorted({s.worst_input for s in segments} | {measure.worst_input[c] for c in branch_scales})
+        # the layers no scale reaches keep their largest outputs: float16 is checked on the inputs reaching them too
+        largest_after = max([largest_after] + [measure.maximum[m] for m in unscaled[side]])
+        worst[side] = sorted({s.worst_input for s in segments} | {measure.worst_input[c] for c in branch_scales}
+                             | {measure.worst_input[m] for m in unscaled[side]})
         plans.append((segments, links, branch_scales))
 
     images, latents, decoded = images[worst["encoder"]], latents[worst["decoder"]], decoded[worst["decoder"]]
@@ -238,8 +291,16 @@ def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Repo
         _apply(segments, links, branch_scales)
     fixed = [_decoded(vae, latents), _round_trip(vae, images)]
     half, _ = in_float16(vae)
+    first_overflow = _first_overflow(half)
     half_after = [_decoded(half, latents), _round_trip(half, images)]
-    vae.register_to_config(force_upcast=False)
+    del half
+    safe = math.isfinite(_error(half_after, fixed))
+    # never a false claim: force_upcast false only where float16 was seen to run without NaN or inf
+    vae.register_to_config(force_upcast=not safe)
+    overflow = "" if safe else too_large or (f"first in {first_overflow[0]}" if first_overflow else "NaN in the output")
+    if not safe:
+        warnings.warn(f"float16 cannot be made safe: it still overflows ({overflow}); the VAE keeps its float32 "
+                      "function and force_upcast is set true, so pipelines decode it in float32")
     return Fp16Report(
         max_activation_before=max(measure.maximum.values()),
         # the scales are powers of two: every activation scales exactly with its part of the stream
@@ -250,6 +311,7 @@ def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Repo
         scales=scales,
         checked_on=(f"{checked_on}, on {len(images)} image(s) and {len(latents)} latent(s) reaching the largest "
                     "activations"),
+        overflow=overflow,
     )
 
 
