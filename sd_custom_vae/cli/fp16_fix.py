@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..base.errors import UserError
 from . import add_data_flags, add_model_argument, data_options
 
 
@@ -43,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if args.ldm:
         check_new(args.ldm, args.overwrite)
         if not str(args.ldm).endswith(".safetensors"):
-            raise ValueError(f"--ldm {args.ldm}: the LDM file is written as safetensors and must end in .safetensors")
+            raise UserError(f"--ldm {args.ldm}: the LDM file is written as safetensors and must end in .safetensors")
     vae = load_vae(args.input, torch.float32, args.subfolder).to(pick_device(None))
     factor = vae.downsampling_factor
     if args.resolution % factor:
-        raise ValueError(f"--resolution {args.resolution} must be a multiple of the VAE's downsampling factor {factor}")
+        raise UserError(f"--resolution {args.resolution} must be a multiple of the VAE's downsampling factor {factor}")
     found, _ = read_images(args.data, args.resolution, data_options(args), limit=args.images)
     images = evaluation_crops(list(found), args.resolution, 1)[: args.images]
     report = make_fp16_safe(vae, images, calibration_latents(vae))

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..base.errors import UserError
 from ..network import Decoder, Encoder, StreamRole
 from .half_precision import FP16_MAX, in_float16
 
@@ -243,7 +244,7 @@ def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Repo
     stream's largest value (where float16 overflows first, if anywhere), the round trip in float32 and in float16
     before the fix, and in float32 and float16 after it."""
     if vae.dtype != torch.float32:
-        raise ValueError(f"make_fp16_safe measures the VAE in float32; it is {vae.dtype}: call .float() first")
+        raise UserError(f"make_fp16_safe measures the VAE in float32; it is {vae.dtype}: call .float() first")
     vae.eval()
     unscaled = {side: [m for m in modules if m is not None] for side, modules in (
         ("encoder", [vae.encoder.conv_out, vae.quant_conv]), ("decoder", [vae.post_quant_conv, vae.decoder.conv_out]))}
