@@ -78,10 +78,6 @@ class TrainConfig:
         "0: off", at_least=0,
     )
     final_fraction: float = setting(0.2, "share of the steps trained at --final-resolution", above=0.0, below=1.0)
-    final_batch_size: int | None = setting(
-        None, "images per micro-step at --final-resolution (default: as many pixels as --batch-size, at least 1)",
-        at_least=1,
-    )
     min_crop_scale: float = setting(
         1.0, "show each training image at a random scale between this and 1: crops up to --resolution/this px wide, "
         "shrunk to --resolution (1 = native scale only)", above=0.0, at_most=1.0,
@@ -114,11 +110,7 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the model (the compile time is reported apart)")
     seed: int = setting(0, "every random draw (crops, noise, initial weights) follows from it", at_least=0)
     # -- losses --
-    reconstruction: str = setting(
-        "mse", "reconstruction loss: mse (the course's), l1 (LDM's), or psnr (minus each image's PSNR, averaged as "
-        "evaluation averages it: a smooth image's small error counts as much as a detailed one's large error)",
-        choices=("mse", "l1", "psnr"),
-    )
+    reconstruction: str = setting("mse", "reconstruction loss: mse (the course's) or l1 (LDM's)", choices=("mse", "l1"))
     beta: float = setting(1e-6, "KL weight (see --kl-reduction)", at_least=0.0)
     # "ldm": LDM's objective divided by the number of pixel values, so beta=1e-6 is LDM's kl_weight;
     # "sum": the course's  MSE(mean) + beta * KL summed over the batch, where its default beta is 2.5e-4.
@@ -126,7 +118,6 @@ class TrainConfig:
                                 "sum: over the batch, as the course",
                                 choices=("ldm", "sum"), renamed={"course": "sum"})
     perceptual_weight: float = setting(0.0, "ST-LPIPS weight (0 = off)", at_least=0.0)
-    perceptual_start: int = setting(0, "step at which the perceptual term starts", at_least=0)
     colour_weight: float = setting(
         0.0, "--mode new: weight of asking the latent means to hold each latent pixel's colour linearly, as SD's "
         "do (0 = off)",
