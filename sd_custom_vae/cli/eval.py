@@ -15,8 +15,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="compare VAEs: rFID, PSNR, SSIM, LPIPS, speed, and agreement with a teacher",
-        description="Reconstruct the same images with every VAE and print a table; save it as eval.json with a "
-        "PNG grid (original | each VAE). With --teacher: the latent relative error and the PSNR of decoding "
+        description="Reconstruct the same images with every VAE and print a table, with plain resizing (area down "
+        "by each VAE's factor, bicubic up: what a VAE has to beat) measured the same way on the same crops; save it "
+        "as eval.json with a PNG grid (original | each VAE | resizing). With --teacher: the latent relative error and the PSNR of decoding "
         "the teacher's latents. A VAE is a run folder, a model or pipeline folder, a checkpoint file or a Hub name.",
     )
     add_model_argument(parser, "vaes", "the VAEs to compare", nargs="+", metavar="VAE")
@@ -45,6 +46,28 @@ def _metrics(requested: str | None) -> tuple[str, ...]:
     return chosen
 
 
+OUTPUT_FILES = ("eval.json", "eval.png")
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    """eval's --output is a folder of its own (eval.json and eval.png, written together): a new one, an empty one,
+    or with --overwrite an earlier eval's, replaced as a whole. A folder holding anything else is not replaced."""
+    from ..base.files import check_new, check_writable
+
+    check_writable(output)  # never a link or a special file
+    if output.is_dir():
+        others = sorted(p.name for p in output.iterdir() if p.name not in OUTPUT_FILES)
+        if others:
+            raise FileExistsError(f"--output {output} holds other files than eval's ({', '.join(others[:3])}"
+                                  f"{', ...' if len(others) > 3 else ''}), and eval replaces its folder as a whole: "
+                                  "choose another --output")
+        if not overwrite:
+            for name in OUTPUT_FILES:
+                check_new(output / name)
+    else:
+        check_new(output, overwrite)
+
+
 def _labels(names: list[str]) -> list[str]:
     """A row label per VAE: its name, numbered when the same VAE is named twice (each gets its row)."""
     labels = []
@@ -59,13 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..base.files import check_new, write_json
+    from ..base.files import atomic_folder, write_json
     from ..data import held_out_images, protocol_crops, read_images
+    from ..data.naming import refuse_unused
     from ..evaluation import fid
     from ..evaluation.figures import grid, save_png
     from ..evaluation.metrics import check_crop_side
     from ..evaluation.perceptual import distance_name
-    from ..evaluation.quality import evaluate_vaes, format_table, unavailable
+    from ..evaluation.quality import Resizing, evaluate_vaes, format_table, unavailable
     from ..models import load_vae
     from . import pick_device, positive
 
@@ -76,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
     perceptual = distance_name() if "lpips" in metrics and "lpips" not in unavailable(metrics) else None
     check_crop_side(args.resolution, "--resolution", perceptual, instead=", or leave lpips out of --metrics")
     output = Path(args.output)
-    for name in ("eval.json", "eval.png"):  # before minutes of evaluation
-        check_new(output / name, args.overwrite)
+    _check_output(output, args.overwrite)  # before minutes of evaluation
     for metric, why in unavailable(metrics).items():
         print(f"{metric}: not measured: {why}")
     device = pick_device(args.device)
@@ -97,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                     f"1/{teacher.downsampling_factor}: a latent space can only be compared with one of its shape"
                 )
     if args.data is None:  # the built-in photos: their held-out ones, never trained on
+        refuse_unused(data_options(args), None, "the built-in photos")
         images, where = held_out_images(args.resolution)
     else:
         images, where = read_images(args.data, args.resolution, data_options(args), limit=args.max_images)
@@ -105,7 +129,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--resolution {args.resolution} must be a multiple of every VAE's downsampling factor "
                          f"{sorted(factors)}")
     crops = protocol_crops(list(images), args.protocol, args.resolution, args.crops_per_image)
+    for factor in sorted(factors):  # what a VAE has to beat, measured the same way on the same crops
+        resizing = Resizing(factor)
+        vaes[resizing.name] = resizing
 
+    not_measured = unavailable(metrics, len(crops))
+    for metric, why in not_measured.items():
+        if metric not in unavailable(metrics):  # not said above: what these crops cannot give
+            print(f"{metric}: not measured: {why}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rFID's small-sample warning is said below, once
         reports, reconstructions = evaluate_vaes(vaes, crops, teacher, metrics=metrics)
@@ -120,15 +151,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"rFID over {len(crops)} images")
         if (warning := fid.few_images_warning(len(crops))) is not None:
             warnings.warn(warning, stacklevel=1)
-    output.mkdir(parents=True, exist_ok=True)
-    write_json(
-        {"crops": len(crops), "images": len(images), "data": where, "protocol": args.protocol,
-         "resolution": args.resolution, "teacher": args.teacher, "metrics": list(metrics),
-         "not_measured": unavailable(metrics),
-         "vaes": [{"name": r.name, "parameters": r.parameters, **r.metrics} for r in reports]},
-        output / "eval.json",
-    )
     short = [Path(r.name).name if Path(r.name).name != "model" else Path(r.name).parent.name for r in reports]
-    save_png(grid([crops, *reconstructions], labels=["original", *short]), output / "eval.png")
+    _check_output(output, args.overwrite)  # still eval's own, minutes later
+    # both files or neither, the earlier eval's replaced as a whole: a full disk leaves that one as it was
+    with atomic_folder(output, overwrite=True) as staging:
+        write_json(
+            {"crops": len(crops), "images": len(images), "data": where, "protocol": args.protocol,
+             "resolution": args.resolution, "teacher": args.teacher, "metrics": list(metrics),
+             "not_measured": not_measured,
+             "vaes": [{"name": r.name, "parameters": r.parameters, **r.metrics} for r in reports]},
+            staging / "eval.json",
+        )
+        save_png(grid([crops, *reconstructions], labels=["original", *short]), staging / "eval.png")
     print(f"table: {output / 'eval.json'}  grid: {output / 'eval.png'}")
     return 0

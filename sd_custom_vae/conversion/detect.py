@@ -60,9 +60,14 @@ def detect_scheme(state_dict: dict[str, torch.Tensor], norm_num_groups: int | No
     ignored += [prefix + k for k in extra]
 
     if course.is_course(vae_dict):
+        groups = course.ARCHITECTURE["norm_num_groups"]
+        if norm_num_groups is not None and norm_num_groups != groups:
+            raise UserError(f"the course's VAE_Encoder/VAE_Decoder layout fixes norm_num_groups={groups} (its "
+                             f"nn.GroupNorm({groups}, ...)), and the weights are read as such: norm_num_groups="
+                             f"{norm_num_groups} (--norm-num-groups) does not apply to them; leave it out")
         vae_dict = course.from_course(vae_dict)
         slots, unknown = parse_keys(vae_dict, OURS)
-        config = infer_config(vae_dict, slots, norm_num_groups or course.ARCHITECTURE["norm_num_groups"])
+        config = infer_config(vae_dict, slots, groups)
         return Detection(course.NAME, vae_dict, slots, config, prefix, ignored,
                          implied={"scaling_factor": course.SCALING_FACTOR}, notes=[course.EPSILON_NOTE])
 

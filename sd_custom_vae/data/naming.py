@@ -51,18 +51,37 @@ def absolute(name: str | None) -> str | None:
     return name
 
 
+def refuse_unused(options: DataOptions, data: str | None, what: str, split: bool = False, revision: bool = False,
+                  column: bool = False) -> None:
+    """Refuse a ``--data-*`` option given for a kind of source it means nothing to (`split`, `revision`, `column`:
+    those it does mean something to): ignored, it would leave the user believing, say, that only the test split
+    was scored. The default split, ``train``, is what every source without splits holds, and passes."""
+    given = [f"{flag} {value}" for flag, applies, value, default in (
+        ("--data-split", split, options.split, DataOptions.split),
+        ("--data-revision", revision, options.revision, None),
+        ("--image-column", column, options.image_column, None),
+    ) if not applies and value != default]
+    if given:
+        raise UserError(f"--data {data or BUILTIN} is {what}: {' and '.join(given)} means nothing for it and would "
+                         "be ignored; leave it out")
+
+
 def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptions()) -> MapSource | StreamSource:
     """The images `data` names (see the module docstring)."""
     import datasets
 
     if data is None or str(data) == BUILTIN:
+        refuse_unused(options, None, "the built-in photos")
         return builtin_source()
     data = str(data)
     path = Path(data)
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             loaded = datasets.load_from_disk(data)
-            if isinstance(loaded, datasets.DatasetDict):
+            has_splits = isinstance(loaded, datasets.DatasetDict)
+            refuse_unused(options, data, "a saved dataset" + ("" if has_splits else " of one split"),
+                          split=has_splits, column=True)
+            if has_splits:
                 if options.split not in loaded:
                     raise UserError(f"{data} has splits {', '.join(loaded)}, not {options.split!r}: pass --data-split")
                 loaded = loaded[options.split]
@@ -70,13 +89,17 @@ def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptio
         for suffix, builder in DATA_FILES.items():
             files = sorted(str(p) for p in path.rglob(f"*{suffix}"))
             if files:
+                refuse_unused(options, data, f"a folder of {suffix} files", column=True)
                 loaded = datasets.load_dataset(builder, data_files=files, split="train", streaming=options.streaming)
                 return from_datasets(loaded, f"{data} ({len(files)} {suffix} file(s))", options)
         shards = sorted(str(p) for p in path.rglob(f"*{SHARD_SUFFIX}"))
         if shards and not find_images(path):
+            refuse_unused(options, data, "a folder of WebDataset shards", column=True)
             return webdataset(shards, f"{data} ({len(shards)} WebDataset shard(s))", options)
+        refuse_unused(options, data, "a folder of image files")
         return folder_source(path)
     if path.is_file() and path.suffix in DATA_FILES:
+        refuse_unused(options, data, f"a {path.suffix} file", column=True)
         try:
             loaded = datasets.load_dataset(DATA_FILES[path.suffix], data_files=[data], split="train",
                                            streaming=options.streaming)
@@ -87,6 +110,7 @@ def open_source(data: str | os.PathLike | None, options: DataOptions = DataOptio
         raise UserError(f"--data {data} is one image file: give the folder that holds the images")
     shards = webdataset_shards(data)
     if shards:
+        refuse_unused(options, data, "WebDataset shards", column=True)
         return webdataset(shards, f"{data} ({len(shards)} WebDataset shard(s))", options)
     if path.exists():
         raise UserError(f"--data {data}: not an image folder, dataset folder, .parquet/.arrow file or .tar shard")

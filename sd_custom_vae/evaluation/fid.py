@@ -287,10 +287,18 @@ def few_images_warning(count: int) -> str | None:
             f"below {FEW_IMAGES} take it as a rough signal): pass more images with --data")
 
 
+def too_few_images(count: int) -> str | None:
+    """Why an rFID over `count` images cannot be computed honestly, or None: a Fréchet distance compares two
+    covariances, and one image has none."""
+    if count >= 2:
+        return None
+    return f"rFID needs at least 2 images (crops), got {count}: pass more images with --data"
+
+
 def rfid(network: FIDInception, originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
     """The reconstruction FID of a VAE on `originals`; warns when there are too few images to trust it."""
-    if len(originals) < 2:
-        raise UserError(f"rFID needs at least 2 images, got {len(originals)}")
+    if (reason := too_few_images(len(originals))) is not None:
+        raise UserError(reason)
     if (warning := few_images_warning(len(originals))) is not None:
         warnings.warn(warning, stacklevel=2)
     return frechet_distance(features(network, originals), features(network, reconstructions))

@@ -20,19 +20,36 @@ from .metrics import psnr, ssim
 METRICS = ("psnr", "ssim", "lpips", "rfid")
 
 
+class Resizing(torch.nn.Module):
+    """What a VAE has to beat: the image shrunk `factor`× by area averaging and enlarged back by bicubic
+    interpolation, which keeps as many numbers per block as the image has channels (3 per 8×8 block, where SD's
+    latent keeps 4). It has ``ScratchVAE``'s encode/decode, so every measure treats it as it treats a VAE."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.name = f"resizing ×{factor} (area down, bicubic up)"
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return torch.nn.functional.interpolate(images, scale_factor=1 / self.factor, mode="area"), None
+
+    def decode(self, small: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(small, scale_factor=self.factor, mode="bicubic")
+
+
 def encode_mean(vae, images: torch.Tensor) -> torch.Tensor:
-    if isinstance(vae, ScratchVAE):
+    if isinstance(vae, (ScratchVAE, Resizing)):
         return vae.encode(images)[0]
     return vae.encode(images).latent_dist.mean
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    return vae.decode(latents) if isinstance(vae, ScratchVAE) else vae.decode(latents).sample
+    return vae.decode(latents) if isinstance(vae, (ScratchVAE, Resizing)) else vae.decode(latents).sample
 
 
 def _device_dtype(vae) -> tuple[torch.device, torch.dtype]:
-    parameter = next(vae.parameters())
-    return parameter.device, parameter.dtype
+    parameter = next(vae.parameters(), None)  # resizing has none: it runs in float32 on the CPU
+    return (parameter.device, parameter.dtype) if parameter is not None else (torch.device("cpu"), torch.float32)
 
 
 @torch.no_grad()
@@ -116,9 +133,11 @@ class Report:
     metrics: dict = field(default_factory=dict)
 
 
-def unavailable(metrics: tuple[str, ...]) -> dict[str, str]:
-    """The metrics of `metrics` this installation cannot compute, each with why and how to get it."""
+def unavailable(metrics: tuple[str, ...], crops: int | None = None) -> dict[str, str]:
+    """The metrics of `metrics` this installation, or `crops` crops, cannot compute, each with why and what to do."""
     missing = {}
+    if "rfid" in metrics and crops is not None and (reason := fid.too_few_images(crops)) is not None:
+        missing["rfid"] = reason
     if "lpips" in metrics and not perceptual.available():
         missing["lpips"] = ("no perceptual network is installed: pip install stlpips-pytorch "
                             "(ST-LPIPS ships its weights)")
@@ -139,7 +158,7 @@ def evaluate_vaes(
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise UserError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    metrics = tuple(m for m in metrics if m not in unavailable(metrics))
+    metrics = tuple(m for m in metrics if m not in unavailable(metrics, len(crops)))
     distance = perceptual.perceptual_distance() if "lpips" in metrics else None
     inception = fid.FIDInception() if "rfid" in metrics else None
     original_features = fid.features(inception, crops) if inception is not None else None
@@ -152,7 +171,7 @@ def evaluate_vaes(
         if inception is not None:
             measured["rfid"] = fid.frechet_distance(original_features, fid.features(inception, images))
         measured.update(speed(vae, crops[:speed_crops]))
-        if teacher is not None:
+        if teacher is not None and not isinstance(vae, Resizing):  # resizing has no latent space to compare
             measured.update(teacher_agreement(vae, teacher, crops))
         reports.append(Report(name, sum(p.numel() for p in vae.parameters()), measured))
         reconstructions.append(images)

@@ -169,3 +169,19 @@ def test_course_keys_out_of_layout_are_named(course_file):
     del state_dict["encoder.99.weight"]
     with pytest.raises(ValueError, match=r"missing from the course's .*'decoder\.25\.bias'"):
         conversion.detect_scheme(state_dict)
+
+
+def test_a_group_count_other_than_the_courses_is_refused(tmp_path, capsys):
+    """The course's layout is SD 1.x's with 32 groups: --norm-num-groups 16 would write a VAE that computes another
+    function with the same weights."""
+    from helpers import fails
+    from safetensors.torch import save_file
+
+    path = tmp_path / "course.safetensors"  # enough of the course's positional keys to be recognised as its layout
+    save_file({"encoder.0.weight": torch.zeros(128, 3, 3, 3), "decoder.0.weight": torch.zeros(4, 4, 1, 1)}, path)
+    fails(["convert", str(path), str(tmp_path / "out"), "--to", "diffusers", "--norm-num-groups", "16"], capsys,
+          "the course's VAE_Encoder/VAE_Decoder layout fixes norm_num_groups=32", "norm_num_groups=16",
+          "leave it out")
+    with pytest.raises(ValueError, match="fixes norm_num_groups=32"):
+        CustomAutoencoderKL.from_single_file(path, norm_num_groups=16)
+    assert not (tmp_path / "out").exists()
