@@ -78,7 +78,7 @@ def test_every_load_refuses_broken_weights(tmp_path, broken):
 def test_a_config_the_weights_cannot_fill_is_refused_before_it_is_built(tmp_path, monkeypatch):
     tiny_vae().save_pretrained(tmp_path / "vae")
     config = json.loads((tmp_path / "vae" / "config.json").read_text())
-    (tmp_path / "vae" / "config.json").write_text(json.dumps(dict(config, block_out_channels=[65536, 65536])))
+    (tmp_path / "vae" / "config.json").write_text(json.dumps(dict(config, block_out_channels=[2048, 2048])))
     monkeypatch.setattr(CustomAutoencoderKL, "__init__", lambda *a, **k: pytest.fail("built before checking"))
     with pytest.raises(ValueError, match="describes a VAE of .* parameters but its weights hold"):
         CustomAutoencoderKL.from_pretrained(tmp_path / "vae")
