@@ -7,8 +7,8 @@
 
 Prints the wall time of the whole command, from start-up to the exported model, then `sd-custom-vae eval` of
 the model on the held-out built-in photos, at 256-px and 64-px crops (CROPS_PER_PHOTO places in each photo: the
-centre, towards the corners, then a grid; at 64 px enough for the rFID to rest on a few hundred crops): PSNR, SSIM, LPIPS and rFID, for
-the model and, measured the same way on the same crops, for plain resizing (area down by the model's factor,
+centre, towards the corners, then a grid; at 64 px enough for the rFID to rest on a few hundred crops): PSNR,
+SSIM, LPIPS and rFID, for the model and, measured the same way on the same crops, for plain resizing (area down by the model's factor,
 bicubic up), which keeps about as many numbers per image as the latent and is what a VAE has to beat. Beside
 them, the PSNR the model's reconstructions would have if the colour of each latent pixel's block were exact (its
 brightness and detail kept): the distance between that and the model's PSNR is what it loses in colour. Appends
@@ -80,7 +80,7 @@ def main() -> None:
         f"on {row['cpus']} CPUs\n"
         f"held-out built-in photos ({evals[256]['images']} photos), {evals[256]['crops']} crops of 256 px and "
         f"{evals[64]['crops']} of 64 px:\n\n{table(evals)}\n\n"
-        f"with the colour of each {factor}×{factor} block exact, the model's 256-px PSNR would be {colour_fixed:.2f} dB"
+        f"with the colour of each {factor}×{factor} block exact, the 256-px PSNR would be {colour_fixed:.2f} dB"
         + "".join(f"\n{metric} not measured: {why}" for metric, why in evals[256]["not_measured"].items())
         + f"\nrun folder: {output}"
     )

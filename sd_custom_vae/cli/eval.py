@@ -17,8 +17,8 @@ def register(subparsers) -> None:
         help="compare VAEs: rFID, PSNR, SSIM, LPIPS, speed, and agreement with a teacher",
         description="Reconstruct the same images with every VAE and print a table, with plain resizing (area down "
         "by each VAE's factor, bicubic up: what a VAE has to beat) measured the same way on the same crops; save it "
-        "as eval.json with a PNG grid (original | each VAE | resizing). With --teacher: the latent relative error and the PSNR of decoding "
-        "the teacher's latents. A VAE is a run folder, a model or pipeline folder, a checkpoint file or a Hub name.",
+        "as eval.json with a PNG grid (original | each VAE | resizing). With --teacher: the latent relative error "
+        "and the PSNR of decoding the teacher's latents. A VAE is a run folder, a model or pipeline folder, a checkpoint file or a Hub name.",
     )
     add_model_argument(parser, "vaes", "the VAEs to compare", nargs="+", metavar="VAE")
     add_data_flags(parser, "default: the built-in validation photos")
