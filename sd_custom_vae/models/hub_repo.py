@@ -41,7 +41,7 @@ LOADED_NAMES = (CONFIG_NAME, run_files.RECONSTRUCTIONS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class HubAuthError(ValueError):
+class HubAuthError(UserError):
     """No token to write to the Hub with."""
 
 
