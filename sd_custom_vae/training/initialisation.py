@@ -26,7 +26,7 @@ from torch import nn
 
 from ..base.errors import UserError
 from ..models import ScratchVAE
-from ..network import Decoder, Encoder
+from ..network import AttentionBlock, Decoder, Downsample, Encoder, ResidualBlock, Upsample
 
 CONSTANT = 8.0  # K: the constant stream channels that pin each group's variance
 SHIFT = 10.0  # where the heads' SiLU runs for the image channels: silu(y) = y to 5e-4 for y ≥ 9
@@ -107,27 +107,26 @@ def _identity_1x1(conv: nn.Conv2d) -> None:
 
 def _identity_blocks(network: Encoder | Decoder) -> None:
     for module in network.modules():
-        name = type(module).__name__
-        if name == "ResidualBlock":
+        if isinstance(module, ResidualBlock):
             module.conv2.weight.zero_()  # the branch adds nothing until training makes it
             module.conv2.bias.zero_()
             if module.conv_shortcut is not None:
                 _identity_1x1(module.conv_shortcut)
-        elif name == "AttentionBlock":
+        elif isinstance(module, AttentionBlock):
             module.to_out[0].weight.zero_()
             module.to_out[0].bias.zero_()
-        elif name == "Downsample":  # the stride-2 conv sees x[2i : 2i+3] after padding right: average 2×2 of it
-            conv = module.conv
-            conv.weight.zero_()
-            conv.bias.zero_()
-            every = range(conv.out_channels)
-            conv.weight[every, every, :2, :2] = 0.25
-        elif name == "Upsample":  # a conv of the nearest-neighbour enlargement: its centre tap copies it
-            conv = module.conv
-            conv.weight.zero_()
-            conv.bias.zero_()
-            every = range(conv.out_channels)
-            conv.weight[every, every, 1, 1] = 1.0
+        elif isinstance(module, Downsample):  # the stride-2 conv sees x[2i : 2i+3] after padding right: 2×2 mean
+            _each_channel_to_itself(module.conv, taps=(slice(0, 2), slice(0, 2)), weight=0.25)
+        elif isinstance(module, Upsample):  # a conv of the nearest-neighbour enlargement: its centre tap copies it
+            _each_channel_to_itself(module.conv, taps=(1, 1), weight=1.0)
+
+
+def _each_channel_to_itself(conv: nn.Conv2d, taps: tuple, weight: float) -> None:
+    """`conv` reads channel j into channel j alone, with `weight` at the kernel positions `taps`."""
+    conv.weight.zero_()
+    conv.bias.zero_()
+    every = range(conv.out_channels)
+    conv.weight[(every, every, *taps)] = weight
 
 
 def _extract(norm: nn.GroupNorm, conv: nn.Conv2d, channels: int, outputs: range, free: range = range(0)) -> None:
@@ -144,9 +143,10 @@ def _extract(norm: nn.GroupNorm, conv: nn.Conv2d, channels: int, outputs: range,
             variance[group] = variance.get(group, 0.0) + CONSTANT**2 / group_size
     norm.weight[designed] = 0.0
     norm.bias[designed] = 0.0
-    # Zero, not random, for the stream's other channels too: they start at 0, and as the first steps write small
-    # values there, GroupNorm scales each such group to unit variance: random weights here would pass that to the
-    # output at full strength and wipe out the start. From zero these weights grow as the gradient asks.
+    # Zero, not random, for the stream's other channels too (but into the free latent channels, which the decoder's
+    # image does not read yet): they start at 0, and as the first steps write small values there, GroupNorm scales
+    # each such group to unit variance: random weights here would pass that to the output at full strength and
+    # wipe out the start. From zero these weights grow as the gradient asks.
     random = conv.weight.clone()
     conv.weight.zero_()
     conv.bias.zero_()
