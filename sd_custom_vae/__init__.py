@@ -2,8 +2,8 @@
 
 The package is laid out by layer, each importing only from those below it (docs/architecture.md):
 ``base`` → ``network`` → ``conversion`` → ``data`` → ``models`` → ``evaluation`` → ``training`` → ``cli``; the
-top-level ``conversion`` package re-exports ``sd_custom_vae.conversion``. The names below load on first use, so
-that the command line's ``--help`` does not import the training loop; the network itself imports diffusers.
+top-level ``conversion`` package re-exports ``sd_custom_vae.conversion``. Importing the package imports torch and
+diffusers: the network's attention block is built on diffusers' attention mixin and runs its processors.
 """
 
 import importlib
@@ -11,32 +11,18 @@ import importlib.abc
 import importlib.util
 import sys
 
+# the class through the module that pipelines saved by 0.2 name, so that it is imported along with it
+from .autoencoder_kl import CustomAutoencoderKL
 from .base.deprecation import deprecated
+from .models import ScratchVAE, load_vae
+from .network import AttentionBlock, Decoder, Encoder, ResidualBlock, reparameterize
 
 __version__ = "0.3.0"
 
-_EXPORTS = {
-    # the class through the module that pipelines saved by 0.2 name, so that it is imported along with it
-    "CustomAutoencoderKL": "autoencoder_kl",
-    "ScratchVAE": "models.scratch_vae",
-    "load_vae": "models.loading",
-    "AttentionBlock": "network",
-    "Decoder": "network",
-    "Encoder": "network",
-    "ResidualBlock": "network",
-    "reparameterize": "network",
-}
-__all__ = [*_EXPORTS, "__version__"]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__all__ = [
+    "AttentionBlock", "CustomAutoencoderKL", "Decoder", "Encoder", "ResidualBlock", "ScratchVAE", "__version__",
+    "load_vae", "reparameterize",
+]
 
 
 # Module paths that 0.2's README and examples imported from, before the package was laid out by layer

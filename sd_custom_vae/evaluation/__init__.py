@@ -1,16 +1,11 @@
 """Layer 5, evaluation: how good a VAE is (PSNR, SSIM, LPIPS, rFID), how close to a teacher, how fast, how its
 latents are spread (``calibrate``), and the pictures that show it. Shared by training and ``sd-custom-vae eval``."""
 
-import importlib
+from .calibrate import Calibration
+from .metrics import psnr, ssim
+from .quality import Report, evaluate_vaes, format_table, reconstruction_quality, teacher_agreement
 
-_EXPORTS = {
-    "evaluate_vaes": "quality", "format_table": "quality", "Report": "quality", "reconstruction_quality": "quality",
-    "teacher_agreement": "quality", "Calibration": "calibrate", "psnr": "metrics", "ssim": "metrics",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "Calibration", "Report", "evaluate_vaes", "format_table", "psnr", "reconstruction_quality", "ssim",
+    "teacher_agreement",
+]
