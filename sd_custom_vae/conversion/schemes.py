@@ -28,7 +28,7 @@ from torch import nn
 from ..base.errors import UserError
 
 # the one definition of the network's structure, and what a config that leaves an architecture key out means
-from ..network import ARCHITECTURE_KEYS, DEFAULT, VAEModules
+from ..network import Architecture, VAEModules
 
 # The parts of a layer, by scheme-neutral names that each scheme spells its own way.
 RESIDUAL_PARTS = ("norm1", "conv1", "norm2", "conv2", "shortcut")
@@ -247,10 +247,10 @@ class _Network(nn.Module, VAEModules):
 def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor of the network `config` (its architecture keys) describes, under our names, with its shape, in
     the network's order: read off the network itself, built on the meta device (no memory, no arithmetic)."""
-    architecture = {key: config.get(key, getattr(DEFAULT, key)) for key in ARCHITECTURE_KEYS}
+    architecture = Architecture.from_config(config)
     with torch.device("meta"):
         network = _Network()
-        network.build_network(**architecture)
+        network.build_network(architecture)
     return {key: tuple(tensor.shape) for key, tensor in network.state_dict().items()}
 
 

@@ -22,8 +22,8 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..base.errors import UserError
-from ..network import DEFAULT, AttentionBlockProcessor, NearestUpsampleConv2d, VAEModules, check_input
-from ..network.config import ARCHITECTURE_KEYS, DIFFUSERS_DOWN_BLOCK, DIFFUSERS_UP_BLOCK, LATENT_SPACE, validate_config
+from ..network import DEFAULT, Architecture, AttentionBlockProcessor, NearestUpsampleConv2d, VAEModules, check_input
+from ..network.config import DIFFUSERS_DOWN_BLOCK, DIFFUSERS_UP_BLOCK, LATENT_SPACE, validate_config
 from . import fp16, tiling
 from .checkpoint_io import CheckpointIO
 
@@ -70,6 +70,8 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_Au
     _no_split_modules = ["ResidualBlock", "AttentionBlock"]
     _group_offload_block_modules = ["quant_conv", "post_quant_conv", "encoder", "decoder"]
 
+    # diffusers' config is this signature, so it restates Architecture's fields (names, types, defaults) in
+    # AutoencoderKL's order: tests/network/test_architecture.py holds the two equal.
     @register_to_config
     def __init__(
         self,
@@ -96,7 +98,7 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_Au
         super(AutoencoderKL, self).__init__()
         # @register_to_config has recorded every argument in self.config before this body runs
         validate_config(dict(self.config))
-        self.build_network(**{key: self.config[key] for key in ARCHITECTURE_KEYS})
+        self.build_network(Architecture.from_config(self.config))
         # A saved config names every level, as a stock AutoencoderKL's does.
         levels = len(block_out_channels)
         self.register_to_config(

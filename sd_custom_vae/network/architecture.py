@@ -1,20 +1,38 @@
 """The shape of the network: ``AutoencoderKL``'s architecture arguments, their defaults, and the rules they obey.
 
-Written once here. ``ScratchVAE`` and ``CustomAutoencoderKL`` take these keywords (with these defaults),
-``conversion`` reads them from files and infers them from tensor shapes, and every check of them is
-``validate_architecture``.
+Written once here. The encoder, the decoder and ``ScratchVAE`` take an ``Architecture``; ``CustomAutoencoderKL``
+takes these keywords (diffusers' config is its constructor's signature: a test holds it equal to these fields) and
+builds one; ``conversion`` reads them from files and infers them from tensor shapes; every check of them is
+``validate_architecture``, run when an ``Architecture`` is made.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 from ..base.errors import UserError
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """Everything the weights' shapes depend on, with diffusers' ``AutoencoderKL`` defaults."""
+    """Everything the weights' shapes depend on, with diffusers' ``AutoencoderKL`` defaults.
+
+    Made only with valid values: the constructor runs ``validate_architecture`` (a ``UserError`` naming the key)
+    and stores ``block_out_channels`` as a tuple.
+
+    Args:
+        in_channels: Channels of the images the encoder reads.
+        out_channels: Channels of the images the decoder writes.
+        block_out_channels: Channels of each resolution level, first (full resolution) to last; every level but
+            the last halves the resolution.
+        layers_per_block: Residual blocks per encoder level; the decoder has one more per level.
+        latent_channels: Channels of the latent.
+        norm_num_groups: GroupNorm's groups; every entry of ``block_out_channels`` is a multiple of it.
+        mid_block_add_attention: Whether the mid blocks hold a self-attention layer.
+        use_quant_conv: Whether a 1×1 conv follows the encoder (``quant_conv``).
+        use_post_quant_conv: Whether a 1×1 conv precedes the decoder (``post_quant_conv``).
+    """
 
     in_channels: int = 3
     out_channels: int = 3
@@ -26,9 +44,24 @@ class Architecture:
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
 
+    def __post_init__(self):
+        validate_architecture(self.as_dict())
+        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))  # a list read from JSON
 
-DEFAULT = Architecture()
-ARCHITECTURE_KEYS = tuple(f.name for f in fields(Architecture))
+    @classmethod
+    def from_config(cls, config: Mapping) -> Architecture:
+        """The architecture a config describes (a ``config.json``'s, a ``ScratchVAE``'s): its architecture keys,
+        the defaults for those it leaves out; other keys are ignored.
+
+        Args:
+            config: A mapping of config keys to values.
+        """
+        return cls(**{field.name: config[field.name] for field in fields(cls) if field.name in config})
+
+    def as_dict(self) -> dict:
+        """The fields as a dict of keywords, in declaration order."""
+        return asdict(self)
+
 
 # Upper bounds: far above any published VAE (SD, SDXL, FLUX: 4 levels of at most 512 channels, 2 blocks per level,
 # 16 latent channels, 84 million parameters), and low enough that a typo in a config.json is refused at once rather
@@ -48,7 +81,7 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_architecture(config: dict) -> None:
+def validate_architecture(config: Mapping) -> None:
     """Raise ``ValueError`` naming the key, the value and what is expected, for every architecture key present.
 
     Types are strict (``"4"`` is not a number, ``1`` is not ``true``): a config file that says otherwise was
@@ -65,7 +98,7 @@ def validate_architecture(config: dict) -> None:
             raise UserError(f"config {key} must be true or false, got {config[key]!r}")
     if "block_out_channels" in config:
         channels = config["block_out_channels"]
-        groups = config.get("norm_num_groups", DEFAULT.norm_num_groups)
+        groups = config.get("norm_num_groups", Architecture.norm_num_groups)
         if not isinstance(channels, (list, tuple)) or not channels:
             raise UserError(f"config block_out_channels must list at least one level, got {channels!r}")
         if len(channels) > MAX_LEVELS:
@@ -80,7 +113,7 @@ def validate_architecture(config: dict) -> None:
             if value > MAX_CHANNELS:
                 raise UserError(f"config block_out_channels entry {value} (in {tuple(channels)}) is more than "
                                 f"{MAX_CHANNELS} channels: check the config")
-        layers = config.get("layers_per_block", DEFAULT.layers_per_block)
+        layers = config.get("layers_per_block", Architecture.layers_per_block)
         if approximate_parameters(channels, layers) > MAX_PARAMETERS:
             raise UserError(
                 f"config block_out_channels {list(channels)} with layers_per_block {layers} make a network of about "
@@ -95,3 +128,8 @@ def approximate_parameters(block_out_channels, layers_per_block: int) -> int:
     per_level = sum((2 * layers_per_block + 1) * 18 * c * c for c in block_out_channels)  # encoder + decoder blocks
     last = block_out_channels[-1]
     return per_level + 2 * (2 * 18 + 4) * last * last  # two mid blocks: two residual blocks and attention each
+
+
+# Made last: making an Architecture runs validate_architecture.
+DEFAULT = Architecture()
+ARCHITECTURE_KEYS = tuple(field.name for field in fields(Architecture))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base.errors import UserError
-from .architecture import downsampling_factor
+from .architecture import Architecture, downsampling_factor
 from .blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, checkpointed
 from .norms import group_norm
 from .roles import StreamRole, TileStep
@@ -82,30 +82,27 @@ def check_input(x, channels: int, multiple: int, what: str) -> None:
 
 
 class Encoder(nn.Module):
-    """Image → moments: ``2 * latent_channels`` channels, the mean and then the log-variance."""
+    """Image → moments: ``2 * latent_channels`` channels, the mean and then the log-variance.
 
-    def __init__(
-        self,
-        in_channels: int,
-        block_out_channels: tuple[int, ...],
-        layers_per_block: int,
-        latent_channels: int,
-        groups: int,
-        mid_block_add_attention: bool = True,
-    ):
+    Args:
+        architecture: The shape of the network (its ``in_channels``, levels, ``latent_channels`` ...).
+    """
+
+    def __init__(self, architecture: Architecture):
         super().__init__()
-        self.in_channels = in_channels
-        self.downsampling_factor = downsampling_factor(block_out_channels)
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
-        last = len(block_out_channels) - 1
-        channels = [block_out_channels[0], *block_out_channels]
+        channels, groups = architecture.block_out_channels, architecture.norm_num_groups
+        self.in_channels = architecture.in_channels
+        self.downsampling_factor = downsampling_factor(channels)
+        self.conv_in = nn.Conv2d(architecture.in_channels, channels[0], 3, padding=1)
+        last = len(channels) - 1
+        inputs = [channels[0], *channels]
         self.down_blocks = nn.ModuleList(
-            DownEncoderBlock2D(channels[i], channels[i + 1], layers_per_block, groups, downsample=i < last)
-            for i in range(len(block_out_channels))
+            DownEncoderBlock2D(inputs[i], inputs[i + 1], architecture.layers_per_block, groups, downsample=i < last)
+            for i in range(len(channels))
         )
-        self.mid_block = UNetMidBlock2D(block_out_channels[-1], groups, mid_block_add_attention)
-        self.conv_norm_out = group_norm(block_out_channels[-1], groups)
-        self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * latent_channels, 3, padding=1)
+        self.mid_block = UNetMidBlock2D(channels[-1], groups, architecture.mid_block_add_attention)
+        self.conv_norm_out = group_norm(channels[-1], groups)
+        self.conv_out = nn.Conv2d(channels[-1], 2 * architecture.latent_channels, 3, padding=1)
         self.gradient_checkpointing = False
 
     def blocks(self) -> list[nn.Module]:
@@ -123,31 +120,29 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latents → image. Mirrors the encoder, with one extra residual block per level."""
+    """Latents → image. Mirrors the encoder, with one extra residual block per level.
 
-    def __init__(
-        self,
-        latent_channels: int,
-        block_out_channels: tuple[int, ...],
-        layers_per_block: int,
-        out_channels: int,
-        groups: int,
-        mid_block_add_attention: bool = True,
-    ):
+    Args:
+        architecture: The shape of the network (its ``latent_channels``, levels, ``out_channels`` ...).
+    """
+
+    def __init__(self, architecture: Architecture):
         super().__init__()
-        self.latent_channels = latent_channels
-        self.upsampling_factor = downsampling_factor(block_out_channels)
-        reversed_channels = list(reversed(block_out_channels))
-        self.conv_in = nn.Conv2d(latent_channels, reversed_channels[0], 3, padding=1)
-        self.mid_block = UNetMidBlock2D(reversed_channels[0], groups, mid_block_add_attention)
-        last = len(block_out_channels) - 1
-        channels = [reversed_channels[0], *reversed_channels]
+        channels, groups = architecture.block_out_channels, architecture.norm_num_groups
+        self.latent_channels = architecture.latent_channels
+        self.upsampling_factor = downsampling_factor(channels)
+        reversed_channels = list(reversed(channels))
+        self.conv_in = nn.Conv2d(architecture.latent_channels, reversed_channels[0], 3, padding=1)
+        self.mid_block = UNetMidBlock2D(reversed_channels[0], groups, architecture.mid_block_add_attention)
+        last = len(channels) - 1
+        inputs = [reversed_channels[0], *reversed_channels]
+        blocks_per_level = architecture.layers_per_block + 1
         self.up_blocks = nn.ModuleList(
-            UpDecoderBlock2D(channels[i], channels[i + 1], layers_per_block + 1, groups, upsample=i < last)
-            for i in range(len(block_out_channels))
+            UpDecoderBlock2D(inputs[i], inputs[i + 1], blocks_per_level, groups, upsample=i < last)
+            for i in range(len(channels))
         )
-        self.conv_norm_out = group_norm(block_out_channels[0], groups)
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.conv_norm_out = group_norm(channels[0], groups)
+        self.conv_out = nn.Conv2d(channels[0], architecture.out_channels, 3, padding=1)
         self.gradient_checkpointing = False
 
     def blocks(self) -> list[nn.Module]:
@@ -165,27 +160,18 @@ class Decoder(nn.Module):
 class VAEModules:
     """What ``ScratchVAE`` and ``CustomAutoencoderKL`` share: the modules of one VAE, built once here."""
 
-    def build_network(
-        self,
-        in_channels: int,
-        out_channels: int,
-        block_out_channels: tuple[int, ...],
-        layers_per_block: int,
-        latent_channels: int,
-        norm_num_groups: int,
-        mid_block_add_attention: bool,
-        use_quant_conv: bool,
-        use_post_quant_conv: bool,
-    ) -> None:
-        self.encoder = Encoder(
-            in_channels, block_out_channels, layers_per_block, latent_channels, norm_num_groups, mid_block_add_attention
-        )
-        self.decoder = Decoder(
-            latent_channels, block_out_channels, layers_per_block, out_channels, norm_num_groups,
-            mid_block_add_attention
-        )
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+    def build_network(self, architecture: Architecture) -> None:
+        """Build ``encoder``, ``decoder``, ``quant_conv`` and ``post_quant_conv`` (the latter two ``None`` when the
+        architecture leaves them out), in this order: the state dict's order.
+
+        Args:
+            architecture: The shape of the network.
+        """
+        self.encoder = Encoder(architecture)
+        self.decoder = Decoder(architecture)
+        latent = architecture.latent_channels
+        self.quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1) if architecture.use_quant_conv else None
+        self.post_quant_conv = nn.Conv2d(latent, latent, 1) if architecture.use_post_quant_conv else None
 
     @property
     def downsampling_factor(self) -> int:
@@ -195,7 +181,16 @@ class VAEModules:
 def reparameterize(
     mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Sample ``mean + std * eps`` with ``eps ~ N(0, I)``: the sample stays differentiable in mean and logvar."""
+    """Sample ``mean + std * eps`` with ``eps ~ N(0, I)``: the sample stays differentiable in mean and logvar.
+
+    Args:
+        mean: The mean of the latent distribution.
+        logvar: Its log-variance, of the same shape.
+        generator: The random generator ``eps`` is drawn from (default: torch's global one).
+
+    Returns:
+        A sample of the shape of ``mean``.
+    """
     eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return mean + torch.exp(0.5 * logvar) * eps
 
