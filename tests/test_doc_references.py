@@ -250,7 +250,7 @@ def repo_path(token: str) -> Path | bool | None:
     first = token.split("/")[0]
     candidates = [ROOT / token] if first in REPO_FOLDERS else []
     if first not in ("", ".", "..") and (ROOT / "sd_custom_vae" / first / "__init__.py").is_file():
-        candidates.append(ROOT / "sd_custom_vae" / token)  # models/sources.py, as docs/architecture.md writes it
+        candidates.append(ROOT / "sd_custom_vae" / token)  # models/resolver.py, as docs/architecture.md writes it
     return next((path for path in candidates if path.exists()), candidates[0] if candidates else None)
 
 

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_argument(parser: argparse.ArgumentParser, name: str, what: str = "the VAE", **kwargs) -> None:
-    """A VAE named as every command names one (``models/sources.py``), and --subfolder to reach inside its folder."""
+    """A VAE named as every command names one (``models/resolver.py``), and --subfolder to reach inside its folder."""
     parser.add_argument(name, help=f"{what}: a model, run or pipeline folder, a checkpoint file, or a Hub name "
                         "ORG/NAME[@REVISION]", **kwargs)
     parser.add_argument("--subfolder", default=None, help="folder of the VAE inside its folder or Hub repo")

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..conversion import CONFIG_NAME
     from ..evaluation.calibrate import apply_calibration, calibrate, write_calibration
     from ..models import load_vae
-    from ..models.sources import parse_hub_name, resolve
+    from ..models.resolver import parse_hub_name, resolve
     from . import pick_device, positive
 
     if args.data is None:

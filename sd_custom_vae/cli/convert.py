@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.sources import resolve
+    from ..models.resolver import resolve
     from . import positive
 
     positive("--norm-num-groups", args.norm_num_groups)

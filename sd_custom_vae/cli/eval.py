@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..base.files import atomic_folder, write_json
     from ..data import held_out_images, protocol_crops, read_images
-    from ..data.naming import refuse_unused
+    from ..data.opener import refuse_unused
     from ..evaluation import fid
     from ..evaluation.figures import grid, save_png
     from ..evaluation.metrics import check_crop_side

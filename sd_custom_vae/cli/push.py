@@ -69,7 +69,7 @@ def push_run(source: str | os.PathLike, repo_id: str, subfolder: str | None = No
     or a VAE on the Hub (``ORG/NAME[@REVISION]``, with `subfolder`)."""
     from ..models import load_vae
     from ..models.hub_repo import push_token, push_vae
-    from ..models.sources import resolve
+    from ..models.resolver import resolve
 
     location = resolve(source, subfolder)
     kwargs["token"] = push_token(repo_id, kwargs.get("format", "diffusers"), kwargs.get("token"))

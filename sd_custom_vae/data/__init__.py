@@ -1,7 +1,7 @@
 """Layer 3, the data: images from wherever ``--data`` names them, decoded one way, cut into crops.
 
 Knows nothing of models. Sources (folders, the built-in photos, 🤗 datasets, WebDataset shards) are opened by
-``naming.open_source``; ``images.read_image`` is the one image reader; ``crops`` makes training and evaluation
+``opener.open_source``; ``images.read_image`` is the one image reader; ``crops`` makes training and evaluation
 crops; ``image_data`` gathers what a command works on.
 """
 
@@ -28,7 +28,7 @@ from .image_data import (
     read_images,
 )
 from .images import IMAGE_SUFFIXES, LoadReport, at_least, load_images, prepare_images, read_image, to_image, to_tensor
-from .naming import BUILTIN, absolute, find_images, folder_source, looks_like_a_path, open_source
+from .opener import BUILTIN, absolute, find_images, folder_source, looks_like_a_path, open_source
 from .sources import DataOptions, MapSource, StreamSource, bucket, take
 
 __all__ = [

@@ -15,7 +15,7 @@ from ..base.errors import UserError
 from .builtin import builtin_held_out
 from .crops import evaluation_crops
 from .images import LoadReport, at_least, prepare_images
-from .naming import open_source
+from .opener import open_source
 from .sources import DataOptions, MapSource, StreamSource, take
 
 # Crops may be upscaled from images somewhat smaller than them (with a warning); beyond this factor
@@ -67,7 +67,7 @@ def load_image_data(
     eval_resolution: int | None = None,
     options: DataOptions = DataOptions(),
 ) -> ImageData:
-    """The images `data` names (see ``naming.open_source``), split into training images and the held-out
+    """The images `data` names (see ``opener.open_source``), split into training images and the held-out
     images whose fixed crops (`eval_resolution` pixels, default `resolution`) validate the run."""
     eval_resolution = eval_resolution or resolution
     report = LoadReport()

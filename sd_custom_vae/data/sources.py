@@ -1,7 +1,7 @@
 """A source of images: random-access (``MapSource``: files, an on-disk dataset) or a stream (``StreamSource``: a
 streamed Hub dataset, WebDataset shards). Either way each image has a stable key, and the held-out validation
 images are the ones whose key hashes below ``val_fraction``: never trained on, whatever the source. Which
-source a ``--data`` value names is ``naming.open_source``.
+source a ``--data`` value names is ``opener.open_source``.
 """
 
 from __future__ import annotations

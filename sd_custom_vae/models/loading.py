@@ -8,7 +8,7 @@ import os
 import torch
 
 from .autoencoder_kl import CustomAutoencoderKL
-from .sources import resolve
+from .resolver import resolve
 
 
 def load_vae(

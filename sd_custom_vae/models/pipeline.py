@@ -26,7 +26,7 @@ from ..base.errors import UserError
 from .autoencoder_kl import CustomAutoencoderKL
 from .latent_space import DEFAULT_SCALING_FACTOR, is_calibrated
 from .loading import load_vae
-from .sources import HUB_OPTIONS, locate
+from .resolver import HUB_OPTIONS, locate
 
 SCALE_TOLERANCE = 0.10  # relative difference from the pipeline's own VAE beyond which we warn
 
