@@ -58,8 +58,8 @@ class TrainConfig:
     latent_weight: float = setting(1.0, "distill: weight of matching the teacher's latents", at_least=0.0)
     # -- the network: ScratchVAE keywords (taken from the teacher in decoder-finetune) --
     model: dict = setting({}, "ScratchVAE keywords (block_out_channels, layers_per_block, ...)", flag=False)
-    init: str = setting("random", "--mode new: start from random weights, or from weights that compute resizing "
-                        "(area down, nearest up: training/initialisation.py)", choices=("random", "resizing"))
+    init: str = setting("random", "--mode new or distill: start from random weights, or from weights that compute "
+                        "resizing (area down, nearest up: training/initialisation.py)", choices=("random", "resizing"))
     # -- data --
     data: str | None = setting(
         None, "image folder, 🤗 dataset (Hub ORG/NAME, save_to_disk folder, parquet/arrow files) or WebDataset "
@@ -172,9 +172,9 @@ class TrainConfig:
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
                                       for b in betas):
             raise UserError(f"option adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.99]; got {list(betas)!r}")
-        if self.init != "random" and self.mode != "new":
-            raise UserError(f"option init (--init) {self.init} starts a new latent space: it applies to --mode new, "
-                             f"not {self.mode} (which starts from --teacher)")
+        if self.init != "random" and self.mode == "decoder-finetune":
+            raise UserError(f"option init (--init) {self.init} starts a new network: it applies to --mode new and "
+                             "distill, not decoder-finetune (which starts from --teacher's weights)")
         if self.final_resolution and self.final_resolution <= self.resolution:
             raise UserError(f"option final_resolution (--final-resolution) "
                              f"must be 0 (off) or larger than --resolution "

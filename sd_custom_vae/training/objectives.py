@@ -34,7 +34,7 @@ class StepOutput:
 
 
 def student_architecture(teacher: dict, width: float) -> dict:
-    """The teacher's depth and latent shape at `width` times its channels (at least 16, each a multiple of the
+    """The teacher's depth and latent shape at `width` times its channels (at least 16, each a multiple of twice the
     group count), one residual block per level."""
     narrow = [max(16, round(c * width)) for c in teacher["block_out_channels"]]
     # At least four channels per GroupNorm group, as SD has (128 channels in 32 groups): with one channel per
@@ -42,7 +42,8 @@ def student_architecture(teacher: dict, width: float) -> dict:
     groups = min(teacher["norm_num_groups"], 16)
     while groups > 1 and min(narrow) < 4 * groups:
         groups //= 2
-    channels = tuple(max(groups, round(c / groups) * groups) for c in narrow)
+    # an even number of channels per group, so that the student can start as resizing (initialisation.py)
+    channels = tuple(max(2 * groups, round(c / (2 * groups)) * 2 * groups) for c in narrow)
     return dict(
         in_channels=teacher["in_channels"], out_channels=teacher["out_channels"], block_out_channels=channels,
         layers_per_block=1, latent_channels=teacher["latent_channels"], norm_num_groups=groups,
@@ -142,6 +143,10 @@ class Distill(TeacherObjective):
     """A student encoder regressed onto the teacher's latent distribution, a student decoder trained on its latents."""
 
     mode = "distill"
+
+    def prepare(self, vae: ScratchVAE) -> None:
+        if self.config.init == "resizing":
+            start_as_resizing(vae)
 
     def architecture(self) -> dict:
         if not self.config.model:

@@ -59,12 +59,35 @@ def test_architectures_that_cannot_start_as_resizing_are_refused_with_the_reason
         check_resizing_start(config)
 
 
-def test_the_default_preset_starts_as_resizing_and_a_teacher_mode_from_its_teacher():
+def test_the_default_preset_and_the_student_start_as_resizing_and_decoder_finetune_from_its_teacher():
+    from sd_custom_vae.training.objectives import student_architecture
     from sd_custom_vae.training.presets import load_config
 
     assert load_config().init == "resizing"
     check_resizing_start(dict(ScratchVAE().config, **load_config().model))
     assert load_config(None, mode="distill", teacher="t").init == "random"  # the preset's start is not the mode's
-    assert load_config("student", teacher="t").init == "random"
-    with pytest.raises(ValueError, match="applies to --mode new"):
+    assert load_config("student", teacher="t").init == "resizing"
+    teacher = dict(ScratchVAE().config, **load_config().model)
+    check_resizing_start(student_architecture(teacher, load_config("student", teacher="t").student_width))
+    # SD's own VAE as a teacher: its student can start as resizing too (an even number of channels per group)
+    sd = dict(ScratchVAE().config, block_out_channels=(128, 256, 512, 512), norm_num_groups=32)
+    for width in (0.25, 0.3, 0.5):
+        check_resizing_start(student_architecture(sd, width))
+    with pytest.raises(ValueError, match="not decoder-finetune"):
         load_config(None, mode="decoder-finetune", teacher="t", init="resizing")
+
+
+@torch.no_grad()
+def test_a_student_distilled_with_the_resizing_start_begins_as_resizing():
+    from sd_custom_vae.models import CustomAutoencoderKL
+    from sd_custom_vae.training.config import TrainConfig
+    from sd_custom_vae.training.losses import VAELoss
+    from sd_custom_vae.training.objectives import Distill
+
+    teacher = CustomAutoencoderKL(**TINY_DEFAULT)
+    config = TrainConfig(mode="distill", teacher="in memory", init="resizing")
+    objective = Distill(config, VAELoss(config), teacher, torch.device("cpu"))
+    student = ScratchVAE(**objective.architecture())
+    objective.prepare(student)
+    images = photo_like(64)
+    assert (student.encode(images)[0][:, :3] - F.avg_pool2d(images, 8)).abs().max() < 0.01
