@@ -38,13 +38,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def register(subparsers) -> None:
+    from ..training.config import DEFAULT_PRESET
     from ..training.presets import PRESETS
 
     parser = subparsers.add_parser(
         "train",
-        help="train a VAE (the main job; with no arguments: the tiny preset on the built-in photos)",
+        help=f"train a VAE (the main job; with no arguments: the {DEFAULT_PRESET} preset on the built-in photos)",
         description="Train a ScratchVAE and export a CustomAutoencoderKL folder ready for vae=. "
-        "With no arguments it trains the tiny preset on photos that installed packages ship, in minutes on a CPU.",
+        f"With no arguments it trains the {DEFAULT_PRESET} preset on photos that installed packages ship, in minutes "
+        "on a CPU.",
     )
     parser.add_argument(
         "--config", default=None, help=f"preset ({', '.join(PRESETS)}) or a YAML/JSON file of TrainConfig fields"
@@ -65,6 +67,7 @@ def resolve_config(args: argparse.Namespace):
     configuration instead (unless --config names another, which must then describe the same network)."""
     from ..models.run_files import TRAIN_CONFIG
     from ..training.checkpoints import resumed_run
+    from ..training.config import DEFAULT_PRESET
     from ..training.presets import load_config, read_config_file
 
     overrides = {name: getattr(args, name) for name in args.config_fields if getattr(args, name, None) is not None}
@@ -78,7 +81,7 @@ def resolve_config(args: argparse.Namespace):
     if not saved.exists():
         raise FileNotFoundError(f"cannot resume: {saved} does not exist (is {run} a training run folder?)")
     values = read_config_file(saved)
-    return load_config(values.pop("preset", "tiny"), **{**values, **overrides})
+    return load_config(values.pop("preset", DEFAULT_PRESET), **{**values, **overrides})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,8 @@ from ..network.config import ARCHITECTURE_KEYS, validate_config
 # diffusers.optimization.SchedulerType's values, the schedules get_scheduler builds
 LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MODES = ("new", "decoder-finetune", "distill")
+# what `sd-custom-vae train` and load_config() start from when no preset or file is named
+DEFAULT_PRESET = "tiny"
 # accelerate's trackers that run offline and need no account to write (``all``: both)
 TRACKERS = ("none", "tensorboard", "wandb", "all")
 
@@ -42,7 +44,7 @@ def setting(default, help: str, *, choices=None, at_least=None, at_most=None, ab
 
 @dataclass
 class TrainConfig:
-    preset: str = setting("tiny", "the preset the other values started from", flag=False)
+    preset: str = setting(DEFAULT_PRESET, "the preset the other values started from", flag=False)
     # -- what is trained (see objectives.py) --
     mode: str = setting(
         "new", "new: a VAE with a latent space of its own; decoder-finetune or distill: keep --teacher's latent space, "

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..base.errors import UserError
-from .config import TrainConfig, renamed_values
+from .config import DEFAULT_PRESET, TrainConfig, renamed_values
 
 
 def every(steps: int) -> dict:
@@ -44,11 +44,11 @@ TINY = TrainConfig(
     **every(1000),
 )
 
-PRESETS: dict[str, TrainConfig] = {
-    "tiny": TINY,
+PRESETS: dict[str, TrainConfig] = {preset.preset: preset for preset in (
+    TINY,
     # LDM's KL-f4 geometry (×4 over three levels, 4 channels): 4× the latents of SD's, easier to reconstruct
     # (26.8 dB on 64-px held-out crops in 11 minutes), the previous default.
-    "tiny-f4": TrainConfig(
+    TrainConfig(
         preset="tiny-f4",
         model=dict(block_out_channels=(32, 64, 128), layers_per_block=1, latent_channels=4, norm_num_groups=16),
         resolution=32,
@@ -61,7 +61,7 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=400,
     ),
     # Hours on a CPU, minutes on a GPU: SD's ×8 downsampling at a fraction of the width.
-    "small": TrainConfig(
+    TrainConfig(
         preset="small",
         model=dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, latent_channels=4, norm_num_groups=32),
         resolution=128,
@@ -76,10 +76,10 @@ PRESETS: dict[str, TrainConfig] = {
     # as resizing: tiny's latents are block colours plus detail, and a student that starts from block colours
     # matches them to 1.7 % where one from random weights reached 6.3 %), with 70 % of the steps on 32-px crops and
     # the last 30 % on 128-px ones, with L1 (docs/training.md: what each bought).
-    "student": TINY.replace(preset="student", mode="distill", model={}, steps=4500, final_resolution=128,
-                            final_fraction=0.3, reconstruction="l1"),
+    TINY.replace(preset="student", mode="distill", model={}, steps=4500, final_resolution=128, final_fraction=0.3,
+                 reconstruction="l1"),
     # The full SD 1.x architecture, LDM's recipe: for GPUs.
-    "sd": TrainConfig(
+    TrainConfig(
         preset="sd",
         model=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32),
         resolution=256,
@@ -98,7 +98,7 @@ PRESETS: dict[str, TrainConfig] = {
         eval_every=2000,
         checkpoint_every=5000,
     ),
-}
+)}
 
 
 def read_config_file(path: Path) -> dict:
@@ -124,7 +124,7 @@ def read_config_file(path: Path) -> dict:
 def load_config(preset_or_file: str | None = None, **overrides) -> TrainConfig:
     """A preset name, or a YAML/JSON file (which may name a ``preset`` to start from), then `overrides`;
     validated."""
-    name = preset_or_file or "tiny"
+    name = preset_or_file or DEFAULT_PRESET
     if name in PRESETS:
         config, values = PRESETS[name], {}
     else:
@@ -132,7 +132,7 @@ def load_config(preset_or_file: str | None = None, **overrides) -> TrainConfig:
         if not path.is_file():
             raise UserError(f"--config {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
         values = read_config_file(path)
-        base = values.pop("preset", "tiny")
+        base = values.pop("preset", DEFAULT_PRESET)
         if base not in PRESETS:
             raise UserError(f"{path}: unknown preset {base!r}; choose one of {', '.join(PRESETS)}")
         config = PRESETS[base]
