@@ -1,13 +1,13 @@
 """sd-custom-vae train [--data DIR] [--output DIR] [--config preset|yaml] [--steps N] ... : the main job.
 
-One flag per ``TrainConfig`` field, built from the field: its name, type, choices and help text.
+One flag per ``TrainConfig`` field, built from the field: its name, type, choices, help text and section (one
+group of ``--help`` each), with the default preset's value shown as what the flag's absence gives.
 A flag overrides the preset or config file only when it is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import typing
 
 
@@ -16,25 +16,38 @@ def _flag_type(annotation) -> type:
     return args[0] if args else annotation
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> list[str]:
-    """One flag per TrainConfig field that has one; returns the field names."""
-    from ..training.config import TrainConfig
+def _shown(value) -> str | None:
+    """How --help shows a preset's value; None where it shows none (an unset option, whose help says what that
+    means, and an off switch)."""
+    if value is None or value is False:
+        return None
+    return "on" if value is True else format(value, "g") if isinstance(value, float) else str(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per TrainConfig field that has one, in one group per section; returns each field's group."""
+    from ..training.config import DEFAULT_PRESET, TrainConfig, sections
+    from ..training.presets import PRESETS
 
     hints = typing.get_type_hints(TrainConfig)
-    names = []
-    for f in dataclasses.fields(TrainConfig):
-        rules = f.metadata
-        if not rules["flag"]:
-            continue
-        flags = [f"--{f.name.replace('_', '-')}", *rules["aliases"]]
-        kind = _flag_type(hints[f.name])
-        if kind is bool:
-            parser.add_argument(*flags, dest=f.name, action="store_true", default=None, help=rules["help"])
-        else:
-            choices = rules["choices"] and (*rules["choices"], *rules["renamed"])  # old names still read
-            parser.add_argument(*flags, dest=f.name, type=kind, choices=choices, help=rules["help"])
-        names.append(f.name)
-    return names
+    groups = {}
+    for title, fields in sections().items():
+        fields = [f for f in fields if f.metadata["flag"]]
+        group = parser.add_argument_group(title) if fields else None
+        for f in fields:
+            rules = f.metadata
+            flags = [f"--{f.name.replace('_', '-')}", *rules["aliases"]]
+            shown = _shown(getattr(PRESETS[DEFAULT_PRESET], f.name))
+            # the parser's defaults stay None (a flag overrides only when given): the value shown is the preset's
+            help = rules["help"] + (f" (default: {shown}, from the {DEFAULT_PRESET} preset)" if shown else "")
+            kind = _flag_type(hints[f.name])
+            if kind is bool:
+                group.add_argument(*flags, dest=f.name, action="store_true", default=None, help=help)
+            else:
+                choices = rules["choices"] and (*rules["choices"], *rules["renamed"])  # old names still read
+                group.add_argument(*flags, dest=f.name, type=kind, choices=choices, help=help)
+            groups[f.name] = group
+    return groups
 
 
 def register(subparsers) -> None:
@@ -48,17 +61,22 @@ def register(subparsers) -> None:
         f"With no arguments it trains the {DEFAULT_PRESET} preset on photos that installed packages ship, in minutes "
         "on a CPU.",
     )
-    parser.add_argument(
-        "--config", default=None, help=f"preset ({', '.join(PRESETS)}) or a YAML/JSON file of TrainConfig fields"
+    start = parser.add_argument_group(
+        "where the values start", "a preset, a file or a saved run; each flag below overrides what it sets"
     )
-    parser.set_defaults(config_fields=add_config_flags(parser))
-    parser.add_argument(
+    start.add_argument("--config", default=None,
+                       help=f"preset ({', '.join(PRESETS)}) or a YAML/JSON file of TrainConfig fields "
+                       f"(default: {DEFAULT_PRESET})")
+    start.add_argument(
         "--resume", nargs="?", const=True, default=None, metavar="RUN_OR_CHECKPOINT",
         help="continue a run exactly: its folder (latest checkpoint) or one checkpoint folder; "
         "alone, the --output run. Its saved configuration is used; flags given here override it (e.g. --steps).",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder as a whole")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    groups = add_config_flags(parser)
+    parser.set_defaults(config_fields=list(groups))
+    groups["output"].add_argument("--overwrite", action="store_true",
+                                  help="replace an existing --output folder as a whole")
+    groups["output"].add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 

@@ -30,12 +30,14 @@ TRACKERS = ("none", "tensorboard", "wandb", "all")
 
 
 def setting(default, help: str, *, choices=None, at_least=None, at_most=None, above=None, below=None, flag=True,
-            aliases=(), renamed=None):
+            aliases=(), renamed=None, section=None):
     """A TrainConfig field: its default, what it means, the values it may take, whether ``train`` has a flag for it
-    (``--name-with-dashes``, plus `aliases`), and `renamed` values: old spelling → new, still read, with a warning."""
+    (``--name-with-dashes``, plus `aliases`), `renamed` values (old spelling → new, still read, with a warning), and
+    the `section` it opens: this setting and those after it, up to the next section, are one group of
+    ``train --help`` (``sections()``)."""
     metadata = dict(
         help=help, choices=choices, at_least=at_least, at_most=at_most, above=above, below=below, flag=flag,
-        aliases=aliases, renamed=renamed or {},
+        aliases=aliases, renamed=renamed or {}, section=section,
     )
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -45,10 +47,10 @@ def setting(default, help: str, *, choices=None, at_least=None, at_most=None, ab
 @dataclass
 class TrainConfig:
     preset: str = setting(DEFAULT_PRESET, "the preset the other values started from", flag=False)
-    # -- what is trained (see objectives.py) --
-    mode: str = setting(
+    mode: str = setting(  # objectives.py
         "new", "new: a VAE with a latent space of its own; decoder-finetune or distill: keep --teacher's latent space, "
         "so a UNet trained on it understands the latents", choices=MODES, renamed={"scratch": "new"},
+        section="what is trained",
     )
     teacher: str | None = setting(None,
                                   "the VAE whose latent space to keep: a folder, a checkpoint file or a Hub repo id")
@@ -58,14 +60,14 @@ class TrainConfig:
     student_width: float = setting(0.25, "distill: student channels as a fraction of the teacher's",
                                    above=0.0, at_most=1.0)
     latent_weight: float = setting(1.0, "distill: weight of matching the teacher's latents", at_least=0.0)
-    # -- the network: ScratchVAE keywords (taken from the teacher in decoder-finetune) --
-    model: dict = setting({}, "ScratchVAE keywords (block_out_channels, layers_per_block, ...)", flag=False)
+    # decoder-finetune takes the teacher's architecture instead
+    model: dict = setting({}, "ScratchVAE keywords (block_out_channels, layers_per_block, ...)", flag=False,
+                          section="the network")
     init: str = setting("random", "--mode new or distill: start from random weights, or from weights that compute "
                         "resizing (area down, nearest up: training/initialisation.py)", choices=("random", "resizing"))
-    # -- data --
     data: str | None = setting(
         None, "image folder, 🤗 dataset (Hub ORG/NAME, save_to_disk folder, parquet/arrow files) or WebDataset "
-        "shards (path, glob, {000..099} pattern, URLs); default: the built-in photos"
+        "shards (path, glob, {000..099} pattern, URLs); default: the built-in photos", section="data",
     )
     data_split: str = setting("train", "split of a 🤗 dataset to read")
     data_revision: str | None = setting(None, "revision (branch, tag or commit) of a Hub dataset")
@@ -88,12 +90,11 @@ class TrainConfig:
         0.0, "share of training crops shown with their hue turned by a random angle, brightness kept: colours the "
         "training images lack (0 = off)", at_least=0.0, at_most=1.0,
     )
-    eval_resolution: int | None = setting(None, "validation crop side in pixels (default: --resolution)", at_least=8)
+    eval_resolution: int | None = setting(None, "validation crop side in pixels (unset: --resolution's)", at_least=8)
     val_fraction: float = setting(0.1, "share of a user folder held out for validation", above=0.0, below=1.0)
     eval_crops_per_image: int = setting(4, "validation crops per held-out image (centre, then towards the corners)",
                                         at_least=1, at_most=5)
-    # -- optimisation --
-    steps: int = setting(1000, "optimizer steps", at_least=1)
+    steps: int = setting(1000, "optimizer steps", at_least=1, section="optimisation")
     batch_size: int = setting(8, "images per process per micro-step", at_least=1)
     gradient_accumulation: int = setting(1, "micro-steps per optimizer step", at_least=1)
     learning_rate: float = setting(3e-4, "peak learning rate", above=0.0, aliases=("--lr",))
@@ -111,8 +112,8 @@ class TrainConfig:
     channels_last: bool = setting(False, "keep activations channels-last (NHWC): faster convolutions on most GPUs")
     compile: bool = setting(False, "torch.compile the model (the compile time is reported apart)")
     seed: int = setting(0, "every random draw (crops, noise, initial weights) follows from it", at_least=0)
-    # -- losses --
-    reconstruction: str = setting("mse", "reconstruction loss: mse (the course's) or l1 (LDM's)", choices=("mse", "l1"))
+    reconstruction: str = setting("mse", "reconstruction loss: mse (the course's) or l1 (LDM's)", choices=("mse", "l1"),
+                                  section="losses")
     beta: float = setting(1e-6, "KL weight (see --kl-reduction)", at_least=0.0)
     # "ldm": LDM's objective divided by the number of pixel values, so beta=1e-6 is LDM's kl_weight;
     # "sum": the course's  MSE(mean) + beta * KL summed over the batch, where its default beta is 2.5e-4.
@@ -131,8 +132,7 @@ class TrainConfig:
         None, "the discriminator's peak learning rate, on the same schedule as the VAE's (default: --learning-rate)",
         above=0.0,
     )
-    # -- what the run writes --
-    output: str | None = setting(None, "run folder; default runs/<preset>-<timestamp>")
+    output: str | None = setting(None, "run folder; default runs/<preset>-<timestamp>", section="what the run writes")
     report_to: str = setting(
         "none", "log losses, learning rate, gradient norm, throughput, validation metrics and reconstructions live to "
         "TensorBoard or wandb (offline, in the run's tracking/ folder), or all", choices=TRACKERS,
@@ -192,6 +192,15 @@ class TrainConfig:
                              f"ScratchVAE takes {', '.join(ARCHITECTURE_KEYS)}")
         validate_config(self.model)
         return self
+
+
+def sections() -> dict[str | None, list[dataclasses.Field]]:
+    """TrainConfig's fields by the section each belongs to, in order (None: those before the first section)."""
+    grouped, title = {}, None
+    for f in dataclasses.fields(TrainConfig):
+        title = f.metadata["section"] or title
+        grouped.setdefault(title, []).append(f)
+    return grouped
 
 
 def _check_type(where: str, value, annotation) -> None:
