@@ -26,8 +26,16 @@ from .redact import Redacting, known_secrets, redact, redacting_logs
 COMMANDS = ["train", "convert", "generate", "calibrate", "eval", "fp16-fix", "push"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (each subcommand's too), whose errors are one line, as every other bad input's: what is
+    wrong and where to read more, not the usage of every option first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sd-custom-vae",
         description="Train, convert, evaluate and share Stable Diffusion VAEs written from scratch.",
     )
@@ -174,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(contextlib.redirect_stdout(Redacting(sys.stdout, secrets)))
         stack.enter_context(contextlib.redirect_stderr(Redacting(sys.stderr, secrets)))
         stack.enter_context(redacting_logs(secrets))
+        stack.callback(setattr, warnings, "formatwarning", warnings.formatwarning)
+        # a warning is one line, as errors are: no source line that reads like a traceback. Set before the
+        # arguments are read, as an old spelling of a value warns there (convert --to scratch)
+        where = f"sd-custom-vae {argv[0]}" if argv and argv[0] in COMMANDS else "sd-custom-vae"
+        warnings.formatwarning = lambda message, category, *_: f"{where}: warning: {message}\n"
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 0
-        stack.callback(setattr, warnings, "formatwarning", warnings.formatwarning)
-        # a warning is one line, as errors are: no source line that reads like a traceback
-        warnings.formatwarning = lambda message, category, *_: f"sd-custom-vae {args.command}: warning: {message}\n"
         _stop_cleanly_on_signals(stack)
         try:
             return args.handler(args)

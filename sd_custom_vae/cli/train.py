@@ -16,6 +16,18 @@ def _flag_type(annotation) -> type:
     return args[0] if args else annotation
 
 
+def _one_of(choices: tuple, renamed: dict):
+    """An argument type taking one of `choices` or an old spelling of one, which is passed on as it is:
+    ``load_config`` translates it with the deprecation warning. Only `choices` are listed (``--help``, errors)."""
+
+    def value(text: str) -> str:
+        if text in choices or text in renamed:
+            return text
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+
+    return value
+
+
 def _shown(value) -> str | None:
     """How --help shows a preset's value; None where it shows none (an unset option, whose help says what that
     means, and an off switch)."""
@@ -43,9 +55,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> dict[str, argparse._Arg
             kind = _flag_type(hints[f.name])
             if kind is bool:
                 group.add_argument(*flags, dest=f.name, action="store_true", default=None, help=help)
+            elif rules["choices"]:
+                group.add_argument(*flags, dest=f.name, type=_one_of(rules["choices"], rules["renamed"]), help=help,
+                                   metavar="{" + ",".join(rules["choices"]) + "}")
             else:
-                choices = rules["choices"] and (*rules["choices"], *rules["renamed"])  # old names still read
-                group.add_argument(*flags, dest=f.name, type=kind, choices=choices, help=help)
+                group.add_argument(*flags, dest=f.name, type=kind, help=help)
             groups[f.name] = group
     return groups
 

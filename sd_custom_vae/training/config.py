@@ -13,9 +13,9 @@ import dataclasses
 import math
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 
+from ..base.deprecation import deprecated
 from ..base.errors import UserError
 from ..evaluation.metrics import check_crop_side
 from ..network.config import ARCHITECTURE_KEYS, validate_config
@@ -230,7 +230,6 @@ def renamed_values(values: dict) -> dict:
     for key, value in values.items():
         renames = fields[key].metadata["renamed"] if key in fields else {}
         if isinstance(value, str) and value in renames:
-            warnings.warn(f"{key} {value!r} is now called {renames[value]!r}: the old name will stop working",
-                          FutureWarning, stacklevel=3)
+            deprecated(f"{key} {value!r}", repr(renames[value]), stacklevel=4)  # 4: load_config's caller
             values[key] = renames[value]
     return values

@@ -85,7 +85,7 @@ def test_ldm_recipe_runs_perceptual_gan_ema_and_course_objective(tmp_path):
     """Every optional term at once, for a few steps: each is computed and logged on its own."""
     config = load_config(
         "tiny", steps=3, output=str(tmp_path / "run"),
-        **dict(FAST, disc_weight=0.5, disc_start=1, kl_reduction="course", beta=2.5e-4, reconstruction="l1",
+        **dict(FAST, disc_weight=0.5, disc_start=1, kl_reduction="sum", beta=2.5e-4, reconstruction="l1",
                ema_decay=0.9, perceptual_weight=1.0 if perceptual.available() else 0.0),
     )
     result = train(config, progress=False)
@@ -220,19 +220,6 @@ def test_train_command_takes_the_teacher_flags():
     args = build_parser().parse_args(["train", "--mode", "decoder-finetune", "--teacher", "t", "--decoder-init", "random"])
     config = resolve_config(args)
     assert (config.preset, config.mode, config.decoder_init) == ("tiny", "decoder-finetune", "random")
-
-
-def test_old_spellings_of_renamed_values_still_work_with_a_warning():
-    from sd_custom_vae.cli import build_parser
-    from sd_custom_vae.cli.train import resolve_config
-
-    args = build_parser().parse_args(["train", "--mode", "scratch", "--kl-reduction", "course"])
-    with pytest.warns(FutureWarning, match="mode 'scratch' is now called 'new'"):
-        config = resolve_config(args)
-    assert (config.mode, config.kl_reduction) == ("new", "sum")
-    args = build_parser().parse_args(["train", "--mode", "decoder-finetune", "--teacher", "t", "--decoder-init", "scratch"])
-    with pytest.warns(FutureWarning, match="decoder_init 'scratch' is now called 'random'"):
-        assert resolve_config(args).decoder_init == "random"
 
 
 @pytest.mark.slow
