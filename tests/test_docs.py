@@ -18,7 +18,11 @@ def test_mkdocs_builds_strictly(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "architecture" / "index.html").is_file()
-    assert "CustomAutoencoderKL" in (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    assert "CustomAutoencoderKL" in api
+    # the Args: sections rendered as parameter tables (a docstring_style that does not match writes them as text)
+    assert 'id="sd_custom_vae.models.loading.load_vae"' in api and "pretrained_model_link_or_path_or_dict" in api
+    assert api.count("Parameters:") >= 40
 
 
 def test_readme_is_an_entry_not_a_manual():

@@ -50,7 +50,14 @@ def _not_plain(path: Path) -> str | None:
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early, before any work, if `path` cannot be written."""
+    """Fail early, before any work, if `path` cannot be written.
+
+    Args:
+        path: The file or folder a command is about to write.
+
+    Returns:
+        `path` as a ``Path``.
+    """
     path = Path(path)
     if (kind := _not_plain(path)) is not None:
         raise FileExistsError(f"{path} is {kind}: a command writes only regular files and folders, and never "
@@ -69,7 +76,16 @@ def check_writable(path: str | os.PathLike) -> Path:
 
 
 def check_new(path: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite") -> Path:
-    """`path` may be written: it does not exist yet, or `overwrite` says to replace it (and it is writable)."""
+    """`path` may be written: it does not exist yet, or `overwrite` says to replace it (and it is writable).
+
+    Args:
+        path: The output.
+        overwrite: Whether an existing output may be replaced.
+        flag: The option that says so, named in the message.
+
+    Returns:
+        `path` as a ``Path``.
+    """
     path = check_writable(path)
     if path.exists() and not overwrite:
         kind = "folder" if path.is_dir() else "file"
@@ -92,7 +108,11 @@ def _temporary_prefix(path: Path) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    Args:
+        path: The file to write.
+    """
     path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
@@ -161,7 +181,12 @@ def signals_held() -> Iterator[None]:
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside `path`; when the block succeeds it becomes `path`, replacing an
-    existing one as a whole (only with `overwrite`). On failure the staging folder goes and `path` is untouched."""
+    existing one as a whole (only with `overwrite`). On failure the staging folder goes and `path` is untouched.
+
+    Args:
+        path: The folder to write.
+        overwrite: Whether an existing folder may be replaced.
+    """
     path = check_new(path, overwrite)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is a file, not a folder")
@@ -206,13 +231,26 @@ def _finite(value):
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
+    """Write `data` as JSON, atomically; a NaN or infinite number is written as null.
+
+    Args:
+        data: The object to write.
+        path: The file.
+
+    Returns:
+        `path` as a ``Path``.
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
     return Path(path)
 
 
 def read_json(path: str | os.PathLike) -> dict:
-    """A JSON object from `path`; a malformed file is a ValueError naming the file and line."""
+    """A JSON object from `path`; a malformed file is a UserError naming the file and line.
+
+    Args:
+        path: The file.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -8,23 +8,7 @@ package is its public face.
 """
 
 from . import course
-from .convert import (
-    DTYPES,
-    RENAMED_TARGETS,
-    TARGETS,
-    ConversionSummary,
-    VAECheckpoint,
-    as_checkpoint,
-    check_values,
-    convert_checkpoint,
-    convert_state_dict,
-    key_scheme,
-    load_checkpoint,
-    rename_to_ours,
-    resolve_target,
-    save_checkpoint,
-    to_scratch,
-)
+from .convert import DTYPES, ConversionSummary, convert_checkpoint, load_checkpoint, save_checkpoint
 from .detect import Detection, detect_scheme
 from .formats import (
     CONFIG_NAME,
@@ -33,6 +17,18 @@ from .formats import (
     shard_files,
     write_model_folder,
     write_safetensors,
+)
+from .renaming import (
+    RENAMED_TARGETS,
+    TARGETS,
+    VAECheckpoint,
+    as_checkpoint,
+    check_values,
+    convert_state_dict,
+    key_scheme,
+    rename_to_ours,
+    resolve_target,
+    to_scratch,
 )
 from .schemes import OURS, SCHEMES, Slot, expected_shapes, expected_tensors
 

@@ -19,15 +19,29 @@ NON_NETWORK_PREFIXES = ("loss.", "model_ema.", "discriminator.", "lpips.")
 
 @dataclass
 class Detection:
+    """What ``detect_scheme`` found in a state dict.
+
+    Attributes:
+        scheme: The scheme's name.
+        state_dict: The VAE's tensors, prefix removed, in `scheme` (the course's: renamed to ours).
+        slots: Each key of `state_dict` → its slot.
+        config: The architecture, in our config keys.
+        prefix: The prefix the VAE's keys had (``first_stage_model.`` in a whole SD checkpoint), or "".
+        ignored: The keys that are no part of the VAE network.
+        assumed: The config values taken by default, the weights being silent.
+        implied: The config values the scheme itself fixes (the course's scale).
+        notes: What a user converting from this scheme should know.
+    """
+
     scheme: str
-    state_dict: dict[str, torch.Tensor]  # the VAE's tensors, prefix removed, in `scheme` (the course's: in ours)
-    slots: dict[str, Slot]  # key of `state_dict` → slot
-    config: dict  # architecture, in our config keys
+    state_dict: dict[str, torch.Tensor]
+    slots: dict[str, Slot]
+    config: dict
     prefix: str = ""
-    ignored: list[str] = field(default_factory=list)  # keys that are not part of the VAE network
-    assumed: dict = field(default_factory=dict)  # config values taken by default, the weights being silent
-    implied: dict = field(default_factory=dict)  # config values the scheme itself fixes (the course's scale)
-    notes: list[str] = field(default_factory=list)  # what a user converting from this scheme should know
+    ignored: list[str] = field(default_factory=list)
+    assumed: dict = field(default_factory=dict)
+    implied: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _strip_prefix(state_dict: dict) -> tuple[str, dict, list[str]]:
@@ -50,6 +64,13 @@ def detect_scheme(state_dict: dict[str, torch.Tensor], norm_num_groups: int | No
     keys are kept and the UNet and text encoder keys are reported as ignored. GroupNorm's group
     count leaves no trace in the shapes; it is taken from `norm_num_groups`, else 32 (every SD-family VAE).
     The course's layout (``course.py``) is recognised by its positional keys and renamed to ours first.
+
+    Args:
+        state_dict: A VAE's tensors, or a whole SD checkpoint's.
+        norm_num_groups: GroupNorm's groups, if known (the shapes cannot tell it).
+
+    Raises:
+        UserError: No VAE there, or keys of no known scheme (the message names them).
     """
     if not isinstance(state_dict, dict) or not state_dict:
         raise UserError("the state dict is empty: no VAE tensors to read")

@@ -28,10 +28,16 @@ CONFIG_METADATA_KEY = "sd_custom_vae.config"
 
 
 def read_checkpoint(path: str | os.PathLike, variant: str | None = None) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Read tensors from a file or a diffusers model folder. Returns (state dict, stored config or None).
+    """Read tensors from a file or a diffusers model folder, as they are stored (no renaming, no check).
 
-    The config is the folder's ``config.json`` or, for a safetensors file this project wrote, the
-    one in its metadata.
+    Args:
+        path: A ``.safetensors`` file, a pickle (``.ckpt``/``.pt``/``.pth``/``.bin``, read with
+            ``weights_only=True``) or a model folder (plain, a variant, or sharded).
+        variant: The weights variant of a model folder (``fp16`` reads ``*.fp16.safetensors``).
+
+    Returns:
+        The state dict, and the stored config or None: the folder's ``config.json`` or, for a safetensors file
+        this project wrote, the one in its metadata.
     """
     path = Path(path)
     if not path.exists():
@@ -129,7 +135,11 @@ def _read_folder(folder: Path, variant: str | None) -> tuple[dict[str, torch.Ten
 
 def shard_files(index: Path) -> list[Path]:
     """The shard files a sharded folder's ``*.index.json`` names: files in that folder, nowhere else (as diffusers
-    requires), so that an index cannot make a conversion read, and embed, any other file on the machine."""
+    requires), so that an index cannot make a conversion read, and embed, any other file on the machine.
+
+    Args:
+        index: The ``*.index.json`` file.
+    """
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise UserError(f"{index}: no weight_map of tensor names to shard files")
@@ -143,6 +153,16 @@ def shard_files(index: Path) -> list[Path]:
 
 
 def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, config: dict | None = None) -> Path:
+    """Write one ``.safetensors`` file, atomically (to a temporary name beside it, then renamed into place).
+
+    Args:
+        state_dict: The tensors, written as they are (on the CPU, contiguous).
+        path: The file to write.
+        config: A config to record in the file's metadata, where ``read_checkpoint`` finds it.
+
+    Returns:
+        `path`.
+    """
     metadata = {"format": "pt"}
     if config is not None:
         metadata[CONFIG_METADATA_KEY] = json.dumps(config)
@@ -160,7 +180,17 @@ def write_model_folder(
     state_dict: dict[str, torch.Tensor], config: dict, folder: str | os.PathLike, overwrite: bool = False
 ) -> Path:
     """A diffusers-style model folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``, written beside
-    `folder` and swapped in as a whole (an existing folder is replaced only with `overwrite`)."""
+    `folder` and swapped in as a whole.
+
+    Args:
+        state_dict: The tensors, under diffusers' names.
+        config: The ``config.json`` to write (diffusers' keys).
+        folder: The folder to write.
+        overwrite: Replace an existing folder, as a whole; without it an existing one is refused.
+
+    Returns:
+        `folder`.
+    """
     with atomic_folder(folder, overwrite) as staging:
         write_safetensors(state_dict, staging / f"{WEIGHTS_NAME}.safetensors")
         write_json(config, staging / CONFIG_NAME)

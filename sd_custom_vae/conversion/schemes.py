@@ -38,13 +38,23 @@ ATTENTION_PROJECTIONS = ("query", "key", "value", "out")
 
 @dataclass(frozen=True, order=True)
 class Slot:
-    """One parameter of the network, independent of how any scheme spells it."""
+    """One parameter of the network, independent of how any scheme spells it.
 
-    kind: str  # conv_in, down_res, downsample, mid_res, mid_attn, up_res, upsample, norm_out, conv_out, ...
-    side: str  # "encoder", "decoder", or "" for the quant convs
-    block: int = 0  # level, counted in the order the level runs
-    layer: int = 0  # residual block within the level (or within the mid block)
-    part: str = ""  # a name from RESIDUAL_PARTS / ATTENTION_PARTS, "" for single-layer slots
+    Attributes:
+        kind: ``conv_in``, ``down_res``, ``downsample``, ``mid_res``, ``mid_attn``, ``up_res``, ``upsample``,
+            ``norm_out``, ``conv_out`` ...
+        side: ``"encoder"``, ``"decoder"``, or ``""`` for the quant convs.
+        block: The level, counted in the order the levels run.
+        layer: The residual block within the level (or within the mid block).
+        part: A name from ``RESIDUAL_PARTS`` or ``ATTENTION_PARTS``; ``""`` for single-layer slots.
+        param: ``"weight"`` or ``"bias"``.
+    """
+
+    kind: str
+    side: str
+    block: int = 0
+    layer: int = 0
+    part: str = ""
     param: str = "weight"
 
     @property
@@ -246,7 +256,11 @@ class _Network(nn.Module, VAEModules):
 
 def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor of the network `config` (its architecture keys) describes, under our names, with its shape, in
-    the network's order: read off the network itself, built on the meta device (no memory, no arithmetic)."""
+    the network's order: read off the network itself, built on the meta device (no memory, no arithmetic).
+
+    Args:
+        config: A config; its architecture keys are read, the defaults taken for those it leaves out.
+    """
     architecture = Architecture.from_config(config)
     with torch.device("meta"):
         network = _Network()
@@ -255,7 +269,11 @@ def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
 
 
 def expected_shapes(config: dict) -> dict[Slot, tuple[int, ...]]:
-    """`expected_tensors`, keyed by slot."""
+    """`expected_tensors`, keyed by slot.
+
+    Args:
+        config: As ``expected_tensors`` takes it.
+    """
     tensors = expected_tensors(config)
     slots, unknown = parse_keys(tensors, OURS)
     assert not unknown, f"the {OURS.name} scheme does not spell {unknown}"  # the scheme table must know every module

@@ -10,7 +10,6 @@ decode, the exact tiling, QKV fusion and the attention processors are ours.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
@@ -54,16 +53,34 @@ class _AutoencoderKLClass(type):
     __hash__ = type.__hash__
 
 
-class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_AutoencoderKLClass):
+class CustomAutoencoderKL(
+    CheckpointIO, tiling.TilingMethods, VAEModules, AutoencoderKL, metaclass=_AutoencoderKLClass
+):
     r"""A KL-regularised VAE, written from scratch, that drops into any Stable Diffusion pipeline as ``vae=``.
 
     The constructor takes every ``diffusers.AutoencoderKL`` argument, in the same order and with the
-    same meaning: the same config and weights give the same numbers. ``down_block_types``,
-    ``up_block_types`` and ``act_fn`` name what diffusers builds; only the SD VAE's own values
-    (``DownEncoderBlock2D``, ``UpDecoderBlock2D``, ``silu``) describe this network, and ``None``
-    means one of those per level. ``scaling_factor`` (and ``shift_factor``, or
-    ``latents_mean``/``latents_std``) tell pipelines how to scale latents for their UNet;
-    ``force_upcast`` tells them to run this VAE in float32 when the rest of the pipeline is float16.
+    same meaning: the same config and weights give the same numbers.
+
+    Args:
+        in_channels: Channels of the input images.
+        out_channels: Channels of the output images.
+        down_block_types: What diffusers builds for each encoder level: only ``DownEncoderBlock2D`` describes this
+            network; ``None`` means one per level.
+        up_block_types: The same for the decoder: only ``UpDecoderBlock2D``; ``None`` means one per level.
+        block_out_channels: Channels of each resolution level, first to last.
+        layers_per_block: Residual blocks per encoder level (the decoder has one more).
+        act_fn: The activation: only ``silu`` describes this network.
+        latent_channels: Channels of the latent.
+        norm_num_groups: GroupNorm's groups.
+        sample_size: The image size the VAE was trained at; tiling (when enabled) starts above it.
+        scaling_factor: What pipelines multiply the latents by for their UNet (``sd-custom-vae calibrate``).
+        shift_factor: What they subtract first (FLUX), or None.
+        latents_mean: A per-channel mean pipelines normalise the latents with instead (SDXL-style), or None.
+        latents_std: The per-channel standard deviation that goes with it, or None.
+        force_upcast: Tells pipelines to run this VAE in float32 when the rest of the pipeline is float16.
+        use_quant_conv: Whether a 1×1 conv follows the encoder.
+        use_post_quant_conv: Whether a 1×1 conv precedes the decoder.
+        mid_block_add_attention: Whether the mid blocks hold a self-attention layer.
     """
 
     _supports_gradient_checkpointing = True
@@ -113,44 +130,18 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_Au
         self.tiling = tiling.TilingConfig(tile_size=max(tile, 8))
         self.tile_overlap_factor = 0.25  # AutoencoderKL's attribute; exact tiling needs no overlap
 
-    # -- tiling and slicing ------------------------------------------------------------------------
-
-    def enable_tiling(
-        self, tile_size: int | None = None, max_memory: int | None = None, spill_dir: str | os.PathLike | None = None
-    ) -> None:
-        """Encode and decode images larger than `tile_size` pixels (default ``config.sample_size``) tile by tile,
-        without seams, holding about `max_memory` bytes of activations (default 2 GiB; what does not fit
-        goes to a temporary file in `spill_dir`).
-
-        GroupNorm statistics span the whole image, so the tiled result equals the untiled one up to float
-        rounding (see ``tiling.py``).
-        """
-        self.tiling = self.tiling.with_overrides(tile_size=tile_size, max_memory=max_memory, spill_dir=spill_dir)
-        self.use_tiling = True
-
-    # AutoencoderKL's names for the tile size, which users and some pipelines set directly
-    @property
-    def tile_sample_min_size(self) -> int:
-        return self.tiling.tile_size
-
-    @tile_sample_min_size.setter
-    def tile_sample_min_size(self, size: int) -> None:
-        self.tiling = self.tiling.with_overrides(tile_size=size)
-
-    @property
-    def tile_latent_min_size(self) -> int:
-        return self.tiling.tile_size // self.downsampling_factor
-
-    @tile_latent_min_size.setter
-    def tile_latent_min_size(self, size: int) -> None:
-        self.tiling = self.tiling.with_overrides(tile_size=size * self.downsampling_factor)
+    # -- float16 ------------------------------------------------------------------------------------
 
     def make_fp16_safe(
         self, images: torch.Tensor | None = None, latents: torch.Tensor | None = None
     ) -> fp16.Fp16Report:
         """Rescale this VAE's activations, exactly and without training, so that it runs in float16 without
-        overflow; sets ``force_upcast`` False. Measured on `images` (default: crops of the built-in photos) and
-        decoder `latents` (default: random latents of a diffusion model's spread). See ``fp16.py``."""
+        overflow; sets ``force_upcast`` False. See ``fp16.py``.
+
+        Args:
+            images: Images in [-1, 1] to measure the encoder on (default: crops of the built-in photos).
+            latents: Latents to measure the decoder on (default: random latents of a diffusion model's spread).
+        """
         images = fp16.calibration_images() if images is None else images
         latents = fp16.calibration_latents(self) if latents is None else latents
         return fp16.make_fp16_safe(self, images.to(self.device), latents.to(self.device))
@@ -177,12 +168,26 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_Au
     # -- PEFT -----------------------------------------------------------------------------------
 
     def add_adapter(self, adapter_config, adapter_name: str = "default") -> None:
+        """``ModelMixin.add_adapter``, with LoRA on an upsampling conv made to upsample as the conv does.
+
+        Args:
+            adapter_config: A ``peft.LoraConfig``; ``target_modules`` takes diffusers' module names.
+            adapter_name: The adapter's name.
+        """
         super().add_adapter(adapter_config, adapter_name)
         self._adapt_upsample_lora()
 
     def load_lora_adapter(
         self, pretrained_model_name_or_path_or_dict, prefix="transformer", hotswap: bool = False, **kwargs
     ):
+        """``ModelMixin.load_lora_adapter``, with LoRA on an upsampling conv made to upsample as the conv does.
+
+        Args:
+            pretrained_model_name_or_path_or_dict: An adapter file, folder, Hub repo or state dict.
+            prefix: The prefix of this model's keys in the file.
+            hotswap: Replace the weights of a loaded adapter of the same name in place.
+            **kwargs: ``load_lora_adapter``'s other keywords (``adapter_name``, Hub options ...).
+        """
         result = super().load_lora_adapter(
             pretrained_model_name_or_path_or_dict, prefix=prefix, hotswap=hotswap, **kwargs
         )
@@ -240,11 +245,22 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_Au
     def encode(
         self, x: torch.Tensor, return_dict: bool = True
     ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
-        """Images in [-1, 1], shape (batch, channels, height, width) → the latent distribution."""
+        """Images → the latent distribution.
+
+        Args:
+            x: Images in [-1, 1], shape (batch, in_channels, height, width), height and width multiples of the
+                downsampling factor, in the VAE's dtype.
+            return_dict: Return an ``AutoencoderKLOutput`` rather than a tuple.
+        """
         return self._encoding(x, return_dict)
 
     def tiled_encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput:
-        """``encode`` computed tile by tile whatever the size: the same result, to float rounding."""
+        """``encode`` computed tile by tile whatever the size: the same result, to float rounding.
+
+        Args:
+            x: As ``encode`` takes it.
+            return_dict: As ``encode`` takes it.
+        """
         return self._encoding(x, return_dict, tiled=True)
 
     # -- decode ---------------------------------------------------------------------------------
@@ -269,14 +285,23 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_Au
     def decode(
         self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None
     ) -> DecoderOutput | tuple[torch.Tensor]:
-        """Latents (unscaled: divide a pipeline's latents by ``scaling_factor`` first) → images in [-1, 1].
+        """Latents → images in [-1, 1].
 
-        `generator` is accepted for interface parity with ``AutoencoderKL``; decoding is deterministic.
+        Args:
+            z: Latents, shape (batch, latent_channels, height, width), unscaled: divide a pipeline's latents by
+                ``scaling_factor`` first.
+            return_dict: Return a ``DecoderOutput`` rather than a tuple.
+            generator: Accepted as ``AutoencoderKL`` does; decoding is deterministic.
         """
         return self._decoding(z, return_dict)
 
     def tiled_decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
-        """``decode`` computed tile by tile whatever the size: the same result, to float rounding."""
+        """``decode`` computed tile by tile whatever the size: the same result, to float rounding.
+
+        Args:
+            z: As ``decode`` takes it.
+            return_dict: As ``decode`` takes it.
+        """
         return self._decoding(z, return_dict, tiled=True)
 
     def forward(
@@ -286,6 +311,14 @@ class CustomAutoencoderKL(CheckpointIO, VAEModules, AutoencoderKL, metaclass=_Au
         return_dict: bool = True,
         generator: torch.Generator | None = None,
     ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Encode and decode: the reconstruction.
+
+        Args:
+            sample: Images, as ``encode`` takes them.
+            sample_posterior: Decode a sample of the latent distribution rather than its mode.
+            generator: The random generator of that sample.
+            return_dict: Return a ``DecoderOutput`` rather than a tuple.
+        """
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         decoded = self.decode(z).sample

@@ -103,6 +103,11 @@ class CheckpointIO:
 
         A folder of another kind of model, or one that leaves any weight out, is an error naming what is wrong:
         diffusers would otherwise return a model with those weights left on the meta device.
+
+        Args:
+            pretrained_model_name_or_path: A model folder or Hub repo id.
+            **kwargs: ``ModelMixin.from_pretrained``'s keywords (``subfolder``, ``torch_dtype``, ``variant``,
+                Hub options ...).
         """
         local = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
         if local.is_dir() and (local / CONFIG_NAME).is_file():
@@ -153,7 +158,12 @@ class CheckpointIO:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: VAECheckpoint, **config_overrides) -> Self:
-        """Build from a validated checkpoint (see ``load_checkpoint``)."""
+        """Build from a validated checkpoint, in the dtype of its weights.
+
+        Args:
+            checkpoint: What ``conversion.load_checkpoint`` or ``as_checkpoint`` returned.
+            **config_overrides: Config values to use instead of the checkpoint's (``scaling_factor`` ...).
+        """
         config = {k: v for k, v in {**checkpoint.config, **config_overrides}.items() if k in CONFIG_KEYS}
         model = cls(**config)
         model.load_state_dict(checkpoint.state_dict)
@@ -174,11 +184,16 @@ class CheckpointIO:
         (``.safetensors``, or a pickle read with ``weights_only=True``), a diffusers folder, a state dict,
         or a file on the Hub (``https://huggingface.co/ORG/NAME/blob/main/FILE`` or ``ORG/NAME/FILE``).
 
-        The architecture is read from the tensor shapes. `config` supplies what weights cannot tell: a
-        dict of config values, or (as in diffusers) a model folder or Hub repo id, with `subfolder`,
-        whose ``config.json`` is used. Other keyword arguments: config overrides such as
-        ``scaling_factor=0.13025`` for an SDXL VAE or ``norm_num_groups``, and Hub options
-        (``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``force_download``).
+        The architecture is read from the tensor shapes.
+
+        Args:
+            pretrained_model_link_or_path_or_dict: The file, folder, Hub file or state dict.
+            config: What the weights cannot tell: a dict of config values, or (as in diffusers) a model folder or
+                Hub repo id whose ``config.json`` is used.
+            subfolder: The folder of that ``config.json`` inside `config`.
+            torch_dtype: The dtype to load in (default: the weights').
+            **kwargs: Config overrides (``scaling_factor=0.13025`` for an SDXL VAE, ``norm_num_groups`` ...) and
+                Hub options (``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``force_download``).
         """
         torch_dtype = None if torch_dtype is None else as_dtype(torch_dtype)
         hub_options = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs}
@@ -208,7 +223,12 @@ class CheckpointIO:
     @classmethod
     def from_scratch_checkpoint(cls, path: str | os.PathLike, **overrides) -> Self:
         """Load a ``ScratchVAE`` state dict saved by training (our names, or those of sd-custom-vae 0.2),
-        refusing any other scheme."""
+        refusing any other scheme.
+
+        Args:
+            path: The file.
+            **overrides: Config values the file does not hold (``scaling_factor`` ...).
+        """
         checkpoint = load_checkpoint(path)
         if checkpoint.scheme not in (OURS.name, "sd-custom-vae-0.2"):
             raise UserError(
@@ -220,7 +240,12 @@ class CheckpointIO:
 
     @classmethod
     def from_scratch_vae(cls, vae: ScratchVAE, **latent_space_config) -> Self:
-        """Wrap a trained ``ScratchVAE`` (same weights, shared by copy) for use in a pipeline."""
+        """Wrap a trained ``ScratchVAE`` (same weights, shared by copy) for use in a pipeline.
+
+        Args:
+            vae: The model.
+            **latent_space_config: ``scaling_factor``, ``shift_factor`` ..., as the constructor takes them.
+        """
         model = cls(**vae.config, **latent_space_config)
         model.load_state_dict(vae.state_dict())
         return _cast(model, next(vae.parameters()).dtype)
@@ -233,7 +258,12 @@ class CheckpointIO:
 
     @classmethod
     def from_autoencoder_kl(cls, model_or_path, **kwargs) -> Self:
-        """Same weights as a stock ``diffusers.AutoencoderKL`` (a model, a local folder or a Hub id)."""
+        """Same weights as a stock ``diffusers.AutoencoderKL``.
+
+        Args:
+            model_or_path: The model, a local folder or a Hub id.
+            **kwargs: ``from_pretrained``'s keywords, for a folder or Hub id.
+        """
         if isinstance(model_or_path, (str, os.PathLike)):
             return cls.from_pretrained(model_or_path, **kwargs)
         config = from_diffusers_config(dict(model_or_path.config))
@@ -265,8 +295,24 @@ class CheckpointIO:
         reconstructions: str | os.PathLike | None = None,
     ) -> str:
         """Upload as a complete model repo: a stock ``AutoencoderKL`` folder (loadable without this package)
-        and/or an LDM single file (`format` "ldm" or "both"), and a model card with `metrics` (a run's
-        ``metrics.json``) and the `reconstructions` grid. Returns the commit URL."""
+        and/or an LDM single file, and a model card.
+
+        Args:
+            repo_id: ``ORG/NAME``; created if it does not exist.
+            commit_message: The commit's message.
+            private: Create the repository private.
+            token: The Hub token (default: the one logged in); never printed or written.
+            create_pr: Open a pull request rather than commit to the main branch.
+            safe_serialization: Accepted as ``ModelMixin`` does; only True (safetensors) is written.
+            variant: Accepted as ``ModelMixin`` does; only None.
+            subfolder: Accepted as ``ModelMixin`` does; only None.
+            format: ``"diffusers"``, ``"ldm"`` or ``"both"``.
+            metrics: A run's ``metrics.json``, for the model card.
+            reconstructions: An image of reconstructions, for the model card.
+
+        Returns:
+            The commit's URL.
+        """
         if not safe_serialization or variant is not None or subfolder is not None:
             raise UserError("push_to_hub writes one safetensors repo at its root: no pickle, variant or subfolder")
         result = hub_repo.push_vae(

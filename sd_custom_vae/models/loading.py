@@ -17,9 +17,24 @@ def load_vae(
     subfolder: str | None = None,
     **hub_options,
 ) -> CustomAutoencoderKL:
-    """A ``CustomAutoencoderKL`` as is (cast in place if `dtype` is given); anything else a user may name
-    (a model folder of ours or a stock ``AutoencoderKL``, a run or pipeline folder, a checkpoint file, a Hub
-    repo or file: see ``sources``) is loaded, in `dtype` if given, else in the dtype of its weights."""
+    """Any VAE a user names, as a ``CustomAutoencoderKL`` in evaluation mode.
+
+    Args:
+        vae: A ``CustomAutoencoderKL``, returned as is (cast in place if ``dtype`` is given); or what names one: a
+            model folder of ours or of a stock ``AutoencoderKL``, a training run or pipeline folder, a checkpoint
+            file in any scheme and format, a Hub repository or file (``ORG/NAME[@REVISION]``).
+        dtype: The dtype to load (or cast) the weights in; default: the dtype they are stored in.
+        subfolder: The folder inside a Hub repository or pipeline folder that holds the VAE.
+        **hub_options: Keywords of the Hub download (``token``, ``revision``, ``cache_dir``, ``local_files_only``
+            ...), as ``from_pretrained`` takes them.
+
+    Returns:
+        The model.
+
+    Raises:
+        UserError: Nothing there, or nothing a VAE can be read from (the message names the path and what to do).
+        TypeError: ``vae`` is neither a model, a path nor a name.
+    """
     if isinstance(vae, CustomAutoencoderKL):
         return vae if dtype is None or vae.dtype == dtype else vae.to(dtype)
     if not isinstance(vae, (str, os.PathLike)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -42,13 +43,22 @@ class LatentScaleWarning(UserWarning):
 
 
 def check_compatibility(
-    vae: CustomAutoencoderKL, unet_config, original_vae_config=None, pipeline_name: str = "the pipeline"
+    vae: CustomAutoencoderKL,
+    unet_config: Mapping | None,
+    original_vae_config: Mapping | None = None,
+    pipeline_name: str = "the pipeline",
 ) -> None:
-    """Raise ValueError if the UNet cannot take `vae`'s latents; warn if their scale looks wrong.
+    """Raise ``UserError`` if the UNet cannot take `vae`'s latents; warn (``LatentScaleWarning``) if their scale
+    looks wrong.
 
-    `unet_config` is None for pipelines without a UNet (nothing to check channels against);
-    `original_vae_config` is the config of the VAE the pipeline shipped with, if any. An inpainting
-    pipeline (``Inpaint`` in `pipeline_name`) may also have a UNet that takes mask and masked-image channels.
+    Args:
+        vae: The VAE to check.
+        unet_config: The config of the pipeline's UNet; None for pipelines without one (nothing to check the
+            latent channels against).
+        original_vae_config: The config of the VAE the pipeline shipped with, if any: a ``scaling_factor`` far from
+            its own is warned about.
+        pipeline_name: The pipeline's class name, for the messages. An inpainting pipeline (``Inpaint`` in the
+            name) may have a UNet that also takes the mask's and the masked image's channels.
     """
     latent_channels = vae.config.latent_channels
     if unet_config is not None:
@@ -136,15 +146,25 @@ def _check_takes_vae(pipeline_cls, model, model_index: dict) -> None:
 def load_pipeline(
     model: str | os.PathLike,
     vae: CustomAutoencoderKL | str | os.PathLike,
-    pipeline_cls=StableDiffusionPipeline,
+    pipeline_cls: type[DiffusionPipeline] = StableDiffusionPipeline,
     **kwargs,
-):
+) -> DiffusionPipeline:
     """``pipeline_cls.from_pretrained(model, vae=vae, **kwargs)``, after checking that the VAE fits.
 
-    `model` is a pipeline folder or Hub id; `vae` a ``CustomAutoencoderKL``, a model folder, a checkpoint file
-    or a Hub name (``ORG/NAME[@REVISION]``). A loaded VAE comes in ``dtype`` (default float32, as the other components);
-    a passed model is cast only when ``dtype`` (or the older ``torch_dtype``) is given. The checks
-    read only config files, so a bad combination fails before the pipeline's weights are loaded.
+    The checks (``check_compatibility``) read only config files, so a bad combination fails before the pipeline's
+    weights are loaded.
+
+    Args:
+        model: A pipeline folder or Hub id.
+        vae: A ``CustomAutoencoderKL``, or what ``load_vae`` takes: a model folder, a checkpoint file, a Hub name
+            (``ORG/NAME[@REVISION]``). A loaded VAE comes in ``dtype`` (default float32, as the other components);
+            a passed model is cast only when ``dtype`` (or the older ``torch_dtype``) is given.
+        pipeline_cls: The pipeline class to build, ``StableDiffusionPipeline`` by default.
+        **kwargs: ``pipeline_cls.from_pretrained``'s keywords (``dtype``, ``variant``, the Hub's ``revision``,
+            ``token`` ...).
+
+    Returns:
+        The pipeline, with this VAE as its ``vae``.
     """
     if isinstance(vae, (str, os.PathLike)):
         locate(vae)  # before anything is read: a missing file fails now
@@ -166,11 +186,18 @@ def load_pipeline(
 
 
 def inject_vae(pipe: DiffusionPipeline, vae: CustomAutoencoderKL | str | os.PathLike) -> DiffusionPipeline:
-    """Swap `vae` into an already-loaded pipeline; returns `pipe`.
+    """Swap `vae` into an already-loaded pipeline, after the checks of ``check_compatibility``.
 
     The VAE is moved to the device and dtype of the one it replaces (with model offloading on,
     call ``pipe.enable_model_cpu_offload()`` again afterwards). A different downsampling factor
     updates ``pipe.vae_scale_factor`` and the pipeline's image processors.
+
+    Args:
+        pipe: A loaded pipeline with a ``vae`` component.
+        vae: A ``CustomAutoencoderKL``, or what ``load_vae`` takes.
+
+    Returns:
+        `pipe` itself.
     """
     if "vae" not in pipe.components:
         raise UserError(f"{type(pipe).__name__} has no VAE component to replace")
@@ -191,14 +218,22 @@ def inject_vae(pipe: DiffusionPipeline, vae: CustomAutoencoderKL | str | os.Path
     return pipe
 
 
-def from_pipe(pipeline_cls, pipe: DiffusionPipeline, **kwargs) -> DiffusionPipeline:
+def from_pipe(pipeline_cls: type[DiffusionPipeline], pipe: DiffusionPipeline, **kwargs) -> DiffusionPipeline:
     """``pipeline_cls.from_pipe(pipe, **kwargs)``, keeping `pipe`'s VAE wherever `pipeline_cls` can take it.
 
     ``CustomAutoencoderKL`` needs no help where the new pipeline's type hint names ``AutoencoderKL`` (most
     image pipelines): diffusers carries it over as the stock class. This also carries over a VAE that
     diffusers' exact-type test drops, a subclass of the stock ``AutoencoderKL`` or a pipeline with no type
     hint for ``vae``; a pipeline built for another kind of VAE (a video VAE, ``AutoencoderDC``, ...) is a
-    ``ValueError`` saying so, where diffusers would drop the VAE and then report it missing.
+    ``UserError`` saying so, where diffusers would drop the VAE and then report it missing.
+
+    Args:
+        pipeline_cls: The pipeline class to build.
+        pipe: The pipeline whose components it reuses.
+        **kwargs: ``pipeline_cls.from_pipe``'s keywords: components to replace, config overrides.
+
+    Returns:
+        The new pipeline, sharing `pipe`'s components.
     """
     vae = pipe.components.get("vae")
     takes_vae = "vae" in inspect.signature(pipeline_cls.__init__).parameters

@@ -28,6 +28,7 @@ so hooks on them (CPU or leaf-level group offload, layerwise casting) keep worki
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from dataclasses import dataclass, replace
 
@@ -58,6 +59,45 @@ class TilingConfig:
         if config.tile_size < 8 or config.max_memory < (1 << 20):
             raise UserError(f"tile_size must be at least 8 and max_memory at least 1 MiB, got {config}")
         return config
+
+
+class TilingMethods:
+    """``CustomAutoencoderKL``'s tiling interface: ``enable_tiling`` and ``AutoencoderKL``'s attribute names for the
+    tile size, all kept in one ``TilingConfig``."""
+
+    tiling: TilingConfig
+    downsampling_factor: int
+
+    def enable_tiling(
+        self, tile_size: int | None = None, max_memory: int | None = None, spill_dir: str | os.PathLike | None = None
+    ) -> None:
+        """Encode and decode large images tile by tile, without seams: GroupNorm statistics span the whole image,
+        so the tiled result equals the untiled one up to float rounding (see this module).
+
+        Args:
+            tile_size: Images larger than this many pixels are tiled (default ``config.sample_size``).
+            max_memory: About how many bytes of activations to hold (default 2 GiB); the rest goes to a file.
+            spill_dir: The folder of that temporary file (default: the system's).
+        """
+        self.tiling = self.tiling.with_overrides(tile_size=tile_size, max_memory=max_memory, spill_dir=spill_dir)
+        self.use_tiling = True
+
+    # AutoencoderKL's names for the tile size, which users and some pipelines set directly
+    @property
+    def tile_sample_min_size(self) -> int:
+        return self.tiling.tile_size
+
+    @tile_sample_min_size.setter
+    def tile_sample_min_size(self, size: int) -> None:
+        self.tiling = self.tiling.with_overrides(tile_size=size)
+
+    @property
+    def tile_latent_min_size(self) -> int:
+        return self.tiling.tile_size // self.downsampling_factor
+
+    @tile_latent_min_size.setter
+    def tile_latent_min_size(self, size: int) -> None:
+        self.tiling = self.tiling.with_overrides(tile_size=size * self.downsampling_factor)
 
 
 # -- stored activations ---------------------------------------------------------------------------------

@@ -54,6 +54,10 @@ class AttentionBlock(nn.Module, AttentionModuleMixin):
     Besides ours, diffusers' own ``AttnProcessor``, ``AttnProcessor2_0`` and ``FusedAttnProcessor2_0``
     run on it: the attributes below are what they read from an ``Attention`` module, spelled in their
     terms for one self-attention head with a residual.
+
+    Args:
+        channels: Channels of the feature map (and of the query, key and value).
+        groups: GroupNorm's groups, for the norm before the projections.
     """
 
     _default_processor_cls = AttentionBlockProcessor

@@ -28,7 +28,13 @@ def checkpointed(owner: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.T
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm → SiLU → 3×3 conv, twice, added to the input (through a 1×1 conv when channels change)."""
+    """GroupNorm → SiLU → 3×3 conv, twice, added to the input (through a 1×1 conv when channels change).
+
+    Args:
+        in_channels: Channels of the input.
+        out_channels: Channels of the output.
+        groups: GroupNorm's groups.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()

@@ -57,8 +57,12 @@ def _reals(key: str, value, length: int, positive: bool = False) -> None:
 
 
 def validate_config(config: dict) -> None:
-    """Raise ``ValueError`` naming the key, the value and what is expected, for every key present (types strict,
-    as ``validate_architecture``)."""
+    """Raise ``UserError`` naming the key, the value and what is expected, for every key present (types strict,
+    as ``validate_architecture``).
+
+    Args:
+        config: A config in our keys (the architecture and the latent space).
+    """
     if not isinstance(config, dict):
         raise UserError(f"a VAE config must be a mapping of key: value, got a {type(config).__name__}")
     validate_architecture(config)
@@ -101,7 +105,11 @@ def check_diffusers_only_keys(config: dict, levels: int | None) -> None:
 
 
 def from_diffusers_config(config: dict) -> dict:
-    """Read a diffusers AutoencoderKL (or our own) ``config.json`` into our config keys, validated."""
+    """Read a diffusers AutoencoderKL (or our own) ``config.json`` into our config keys, validated.
+
+    Args:
+        config: The ``config.json``'s object; keys that are not ours (``_class_name`` ...) are dropped.
+    """
     if not isinstance(config, dict):
         raise UserError(f"a VAE config must be a mapping of key: value, got a {type(config).__name__}")
     levels = len(config["block_out_channels"]) if isinstance(config.get("block_out_channels"), (list, tuple)) else None
@@ -114,7 +122,11 @@ def from_diffusers_config(config: dict) -> dict:
 
 
 def to_diffusers_config(config: dict) -> dict:
-    """A ``config.json`` that stock ``diffusers.AutoencoderKL.from_pretrained`` reads."""
+    """A ``config.json`` that stock ``diffusers.AutoencoderKL.from_pretrained`` reads.
+
+    Args:
+        config: A config in our keys, with ``block_out_channels``.
+    """
     levels = len(config["block_out_channels"])
     out = {
         "_class_name": "AutoencoderKL",
