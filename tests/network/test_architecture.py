@@ -42,7 +42,8 @@ def test_every_architecture_keyword_reaches_the_network():
 def test_scratch_vae_takes_an_architecture_or_its_keywords():
     architecture = Architecture(**TINY)
     assert ScratchVAE(architecture).config == ScratchVAE(**TINY).config == architecture.as_dict()
-    assert ScratchVAE(architecture, latent_channels=8).architecture == dataclasses.replace(architecture, latent_channels=8)
+    wider = dataclasses.replace(architecture, latent_channels=8)
+    assert ScratchVAE(architecture, latent_channels=8).architecture == wider
     assert ScratchVAE().architecture == DEFAULT
     with pytest.raises(TypeError, match="latent_chanels"):
         ScratchVAE(latent_chanels=8)
