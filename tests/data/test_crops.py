@@ -11,13 +11,12 @@ from sd_custom_vae.data import (
     RandomCrops,
     builtin_photos,
     evaluation_crops,
-    find_images,
-    folder_source,
     load_image_data,
-    rotate_hue,
     to_image,
-    to_tensor,
 )
+from sd_custom_vae.data.colour import rotate_hue
+from sd_custom_vae.data.images import to_tensor
+from sd_custom_vae.data.opener import find_images, folder_source
 
 
 def write_image(path, size=(80, 60), seed=0):

@@ -12,16 +12,10 @@ import pytest
 from PIL import Image
 
 from sd_custom_vae.cli import main
-from sd_custom_vae.data import (
-    DataOptions,
-    MapSource,
-    StreamCrops,
-    StreamSource,
-    bucket,
-    expand_braces,
-    load_image_data,
-    open_source,
-)
+from sd_custom_vae.data import DataOptions, StreamCrops, load_image_data
+from sd_custom_vae.data.hf_datasets import expand_braces
+from sd_custom_vae.data.opener import open_source
+from sd_custom_vae.data.sources import MapSource, StreamSource, bucket
 from sd_custom_vae.models import run_files
 
 datasets = pytest.importorskip("datasets")
@@ -199,7 +193,8 @@ PROBE = """
 import json, sys
 from accelerate import Accelerator
 from sd_custom_vae.data import StreamCrops
-from sd_custom_vae.data import bucket, open_source
+from sd_custom_vae.data.opener import open_source
+from sd_custom_vae.data.sources import bucket
 
 accelerator = Accelerator(cpu=True)
 source = open_source(sys.argv[1])

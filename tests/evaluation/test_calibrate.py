@@ -11,7 +11,8 @@ from PIL import Image
 from conversion import as_checkpoint, save_checkpoint
 from sd_custom_vae import CustomAutoencoderKL
 from sd_custom_vae.cli import main
-from sd_custom_vae.data import Augmentation, RandomCrops, find_images, load_images
+from sd_custom_vae.data import Augmentation, RandomCrops, load_images
+from sd_custom_vae.data.opener import find_images
 from sd_custom_vae.evaluation.calibrate import calibrate
 from sd_custom_vae.models.latent_space import CALIBRATION_KEY, is_calibrated
 
