@@ -8,14 +8,14 @@ crops; ``image_data`` gathers what a command works on.
 from .builtin import builtin_held_out, builtin_photos
 from .colour import RGB_TO_YCBCR
 from .crops import Augmentation, CropBatches, RandomCrops, StreamCrops, evaluation_crops, protocol_crops
-from .image_data import MAX_UPSCALE, ImageData, held_out_images, load_image_data, read_images
+from .image_data import ImageData, held_out_images, load_image_data, read_images, upscales_too_far
 from .images import load_images, to_image
 from .opener import absolute, looks_like_a_path
 from .sources import DataOptions
 
 # what the layers above, the examples and the benchmarks use; the rest is imported from its module
 __all__ = [
-    "MAX_UPSCALE", "RGB_TO_YCBCR", "Augmentation", "CropBatches", "DataOptions", "ImageData", "RandomCrops",
-    "StreamCrops", "absolute", "builtin_held_out", "builtin_photos", "evaluation_crops", "held_out_images",
-    "load_image_data", "load_images", "looks_like_a_path", "protocol_crops", "read_images", "to_image",
+    "RGB_TO_YCBCR", "Augmentation", "CropBatches", "DataOptions", "ImageData", "RandomCrops", "StreamCrops",
+    "absolute", "builtin_held_out", "builtin_photos", "evaluation_crops", "held_out_images", "load_image_data",
+    "load_images", "looks_like_a_path", "protocol_crops", "read_images", "to_image", "upscales_too_far",
 ]

@@ -3,7 +3,6 @@ or every readable image of a source for evaluation, calibration and the float16 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,17 +100,20 @@ def load_image_data(
         if not isinstance(train, list) or len(train) < 2:
             raise UserError(f"{name}: need at least two readable images (one to train on, one to validate)")
         val = [at_least(train.pop(), eval_resolution)]
-    if report.skipped:
-        warnings.warn(f"{name}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=2)
-    if report.upscaled:
-        warnings.warn(f"{name}: upscaled {report.upscaled} image(s) smaller than the {resolution}px crop", stacklevel=2)
+    report.warn(name, resolution)
     return ImageData(train, evaluation_crops(val, eval_resolution, eval_crops_per_image), source.description, report,
                      val_fraction, largest)
 
 
+def upscales_too_far(resolution: int, largest_side: int) -> bool:
+    """Whether crops of `resolution` px are more than ``MAX_UPSCALE`` times the largest image (its shorter side
+    `largest_side`): every crop would be a blown-up copy."""
+    return resolution > MAX_UPSCALE * largest_side
+
+
 def check_upscale(resolution: int, largest_side: int, what: str) -> None:
-    """Refuse crops more than ``MAX_UPSCALE`` times the largest image: every crop would be a blown-up copy."""
-    if resolution > MAX_UPSCALE * largest_side:
+    """Refuse crops that upscale too far (``upscales_too_far``); `what` names the images in the message."""
+    if upscales_too_far(resolution, largest_side):
         raise UserError(
             f"--resolution {resolution} is more than {MAX_UPSCALE}× the largest {what} (shorter side {largest_side} "
             f"px): every crop would be a blown-up copy, costing memory for nothing; choose a resolution up to about "
@@ -143,10 +145,7 @@ def read_images(
     if not images:
         raise UserError(f"{name}: no readable images ({report.skipped} file(s) could not be read as images)")
     check_upscale(resolution, report.largest_side, f"image in {name}")
-    if report.skipped:
-        warnings.warn(f"{name}: skipped {report.skipped} file(s) that could not be read as images", stacklevel=2)
-    if report.upscaled:
-        warnings.warn(f"{name}: upscaled {report.upscaled} image(s) smaller than the {resolution}px crop", stacklevel=2)
+    report.warn(name, resolution)
     return images, f"{source.description}: {len(images)} images"
 
 

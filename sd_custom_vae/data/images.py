@@ -104,6 +104,15 @@ class LoadReport:
     largest_side: int = 0  # the largest shorter side among the images read
     smallest_side: int = 0  # the smallest shorter side among the images read
 
+    def warn(self, name: str, resolution: int) -> None:
+        """Say what became of the images of `name` (a source) that were not read as they were: the files skipped as
+        unreadable and the images upscaled to `resolution` px. Points at the caller of the function calling it."""
+        if self.skipped:
+            warnings.warn(f"{name}: skipped {self.skipped} file(s) that could not be read as images", stacklevel=3)
+        if self.upscaled:
+            warnings.warn(f"{name}: upscaled {self.upscaled} image(s) smaller than the {resolution}px crop",
+                          stacklevel=3)
+
 
 def prepare_images(images, resolution: int, report: LoadReport | None = None) -> list[Image.Image]:
     """The readable ones of `images` (None marks an unreadable one), upscaled where smaller than the crop."""

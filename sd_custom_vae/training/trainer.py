@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..base.errors import UserError
 from ..base.files import write_json
 from ..conversion import OURS, key_scheme, rename_to_ours
-from ..data import MAX_UPSCALE, DataOptions, absolute, load_image_data
+from ..data import DataOptions, absolute, load_image_data, upscales_too_far
 from ..evaluation.perceptual import STLPIPS
 from ..models import ScratchVAE
 from ..models.run_files import TRAIN_CONFIG
@@ -118,7 +118,7 @@ class Trainer:
         self.data = load_image_data(config.data, config.resolution, config.val_fraction, config.eval_crops_per_image,
                                     config.eval_resolution or config.resolution, self.data_options)
         largest = self.data.largest_side
-        if config.final_resolution and largest and config.final_resolution > MAX_UPSCALE * largest:
+        if config.final_resolution and largest and upscales_too_far(config.final_resolution, largest):
             # the final phase is a refinement a preset asks for: on images this small it would train on blown-up
             # copies, so the run goes on without it (and train_config.json records that)
             warnings.warn(f"{self.data.description}: images too small for the final {config.final_resolution}px "
