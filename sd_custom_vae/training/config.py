@@ -81,6 +81,11 @@ class TrainConfig:
         None, "train the last --final-fraction of the steps on crops this large (fewer per batch, as many pixels); "
         "0: off", at_least=0,
     )
+    final_alternate_resolution: int | None = setting(
+        None, "in the final phase, every other step trains on crops this large instead of --final-resolution's (as "
+        "many pixels per batch): trained at two sizes, a network keeps one brightness across sizes; 0: off",
+        at_least=0,
+    )
     final_fraction: float = setting(0.2, "share of the steps trained at --final-resolution", above=0.0, below=1.0)
     min_crop_scale: float = setting(
         1.0, "show each training image at a random scale between this and 1: crops up to --resolution/this px wide, "
@@ -181,6 +186,12 @@ class TrainConfig:
             raise UserError(f"option final_resolution (--final-resolution) "
                              f"must be 0 (off) or larger than --resolution "
                              f"{self.resolution}, got {self.final_resolution}")
+        if self.final_alternate_resolution and not self.final_resolution:
+            raise UserError("option final_alternate_resolution (--final-alternate-resolution) takes turns with "
+                             "--final-resolution, which is off: give both, or 0 for this one")
+        if self.final_alternate_resolution and self.final_alternate_resolution <= self.resolution:
+            raise UserError(f"option final_alternate_resolution (--final-alternate-resolution) must be 0 (off) or "
+                             f"larger than --resolution {self.resolution}, got {self.final_alternate_resolution}")
         # validation measures SSIM on the evaluation crops, and the perceptual term runs ST-LPIPS on the training ones
         check_crop_side(self.eval_resolution or self.resolution,
                         "--eval-resolution" if self.eval_resolution else "--resolution")

@@ -20,10 +20,10 @@ def every(steps: int) -> dict:
 # The default of `sd-custom-vae train`: Stable Diffusion's latent geometry (×8 downsampling over four levels,
 # 4 latent channels: a 512² image gives 64×64×4 latents) at an eighth of SD's width, in about ten minutes on two
 # CPU cores. It starts as resizing (area down, nearest up: --init resizing, which needs GroupNorm groups of four
-# channels, hence 8 groups) and learns what resizing lacks: first on 32-px crops, then on 64-px ones. The last
-# phase's crop side sets the image's brightness: GroupNorm's statistics span the whole image, so a network drifts
-# in gain away from the size it last saw, and L1 pulls a dark crop darker (towards its median); MSE on 64-px crops
-# holds both where the held-out crops are. What each choice bought is docs/training.md's experiment log.
+# channels, hence 8 groups) and learns what resizing lacks: first on 32-px crops, then on 64-px and 128-px ones in
+# turn, with MSE. GroupNorm's statistics span the whole image, so a network trained at one size drifts in
+# brightness at others, and L1 pulls a dark crop darker (towards its median): two sizes and MSE hold both.
+# What each choice bought is docs/training.md's experiment log.
 TINY = TrainConfig(
     preset="tiny",
     model=dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=8,
@@ -31,6 +31,7 @@ TINY = TrainConfig(
     init="resizing",
     resolution=32,
     final_resolution=64,
+    final_alternate_resolution=128,
     final_fraction=0.5,
     eval_resolution=256,
     steps=4000,
@@ -76,8 +77,8 @@ PRESETS: dict[str, TrainConfig] = {preset.preset: preset for preset in (
     # as resizing: tiny's latents are block colours plus detail, and a student that starts from block colours
     # matches them to 1.7 % where one from random weights reached 6.3 %), with 70 % of the steps on 32-px crops and
     # the last 30 % on 128-px ones, with L1 (docs/training.md: what each bought).
-    TINY.replace(preset="student", mode="distill", model={}, steps=4500, final_resolution=128, final_fraction=0.3,
-                 reconstruction="l1"),
+    TINY.replace(preset="student", mode="distill", model={}, steps=4500, final_resolution=128,
+                 final_alternate_resolution=None, final_fraction=0.3, reconstruction="l1"),
     # The full SD 1.x architecture, LDM's recipe: for GPUs.
     TrainConfig(
         preset="sd",
@@ -143,6 +144,8 @@ def load_config(preset_or_file: str | None = None, **overrides) -> TrainConfig:
     config = config.replace(**renamed_values(given))
     if config.mode != preset.mode and "init" not in values | given:
         config = config.replace(init="random")  # the preset's start belongs to its mode
+    if not config.final_resolution and "final_alternate_resolution" not in values | given:
+        config = config.replace(final_alternate_resolution=None)  # the preset's final phase is off as a whole
     if not isinstance(config.model, dict):
         raise UserError(f"option model must be a mapping of ScratchVAE keywords, got {config.model!r}")
     if isinstance(config.model.get("block_out_channels"), list):

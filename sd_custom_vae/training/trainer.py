@@ -14,7 +14,6 @@ the exported model (``export.py``).
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +26,12 @@ from tqdm.auto import tqdm
 from ..base.errors import UserError
 from ..base.files import write_json
 from ..conversion import OURS, key_scheme, rename_to_ours
-from ..data import DataOptions, absolute, load_image_data, upscales_too_far
+from ..data import DataOptions, absolute, load_image_data
 from ..evaluation.perceptual import STLPIPS
 from ..models import ScratchVAE
 from ..models.run_files import TRAIN_CONFIG
 from . import checkpoints, export, tracking
-from .batches import BatchFeed
+from .batches import BatchFeed, final_phase_for
 from .checkpoints import TrainingDiverged
 from .config import TrainConfig
 from .losses import VAELoss
@@ -117,20 +116,13 @@ class Trainer:
         self.data_options = DataOptions(config.data_split, config.data_revision, config.image_column, config.streaming)
         self.data = load_image_data(config.data, config.resolution, config.val_fraction, config.eval_crops_per_image,
                                     config.eval_resolution or config.resolution, self.data_options)
-        largest = self.data.largest_side
-        if config.final_resolution and largest and upscales_too_far(config.final_resolution, largest):
-            # the final phase is a refinement a preset asks for: on images this small it would train on blown-up
-            # copies, so the run goes on without it (and train_config.json records that)
-            warnings.warn(f"{self.data.description}: images too small for the final {config.final_resolution}px "
-                          f"crops (largest shorter side {largest} px); training on {config.resolution}px crops "
-                          "throughout", stacklevel=2)
-            config = config.replace(final_resolution=None)
+        config = final_phase_for(config, self.data)
         self.config = config
         self.optimisation = Optimisation(config, self.vae, self.loss.adversary, a.device)
         self.model, self.optimisation.optimizer = a.prepare(self.vae, self.optimisation.optimizer)
         if config.compile:
-            # one static graph per crop phase: the final phase changes the crop side and batch size once, and the
-            # dynamic-shape graph torch would otherwise build then fails to compile for the CPU (torch 2.13)
+            # one static graph per crop shape (each phase and side): a dynamic-shape one fails to compile for the
+            # CPU (torch 2.13)
             self.model = torch.compile(self.model, dynamic=False)
         if self.loss.adversary is not None:
             self.loss.adversary.prepare(a)
