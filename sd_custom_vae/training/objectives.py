@@ -21,7 +21,7 @@ from ..base.errors import UserError
 from ..evaluation.quality import teacher_agreement
 from ..models import CustomAutoencoderKL, ScratchVAE, load_vae
 from ..models.latent_space import inherited
-from ..network import LOGVAR_RANGE, reparameterize
+from ..network import ARCHITECTURE_KEYS, LOGVAR_RANGE, reparameterize
 from .config import TrainConfig
 from .initialisation import start_as_resizing
 from .losses import VAELoss
@@ -119,7 +119,7 @@ class DecoderFinetune(TeacherObjective):
     mode = "decoder-finetune"
 
     def architecture(self) -> dict:
-        return {k: self.teacher_config[k] for k in ScratchVAE().config}
+        return {k: self.teacher_config[k] for k in ARCHITECTURE_KEYS}
 
     def prepare(self, vae: ScratchVAE) -> None:
         teacher_weights = self.teacher.state_dict()
