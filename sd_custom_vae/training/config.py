@@ -150,13 +150,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **overrides) -> "TrainConfig":
+    def replace(self, **overrides) -> TrainConfig:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise UserError(f"unknown training option(s): {unknown}")
         return dataclasses.replace(self, **overrides)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the option, its value and what it may be; returns self."""
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
