@@ -55,7 +55,9 @@ def main() -> None:
                 for op, x in (("encode", image), ("decode", latents)):
                     run = ((lambda m, x=x: m.encode(x).latent_dist.mean) if op == "encode"
                            else (lambda m, x=x: m.decode(x).sample))
-                    (t_ours, m_ours), (t_theirs, m_theirs) = timed(lambda: run(a)), timed(lambda: run(b))
+                    # the defaults bind this iteration's run and models, so the closure cannot see a later one
+                    t_ours, m_ours = timed(lambda run=run, model=a: run(model))
+                    t_theirs, m_theirs = timed(lambda run=run, model=b: run(model))
                     diff = (run(a).float() - run(b).float()).abs().max().item()
                     name = f"{op} {size}² {str(dtype).removeprefix('torch.')}"
                     print(f"{name:>24}{t_ours:9.3f}{t_theirs:12.3f}{t_ours / t_theirs:7.2f}"

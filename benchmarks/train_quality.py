@@ -5,14 +5,14 @@
     python benchmarks/train_quality.py --run RUN --wall-s S  # report a run the default command already made
                                                              # (e.g. distill_quality.py's teacher)
 
-Prints the wall time of the whole command, from start-up to the exported model, then `sd-custom-vae eval` of
-the model on the held-out built-in photos, at 256-px and 64-px crops (CROPS_PER_PHOTO places in each photo: the
+Prints the wall time of the whole command, from start-up to the exported model, then `sd-custom-vae eval` of the
+model on the held-out built-in photos, at 256-px and 64-px crops (CROPS_PER_PHOTO places in each photo: the
 centre, towards the corners, then a grid; at 64 px enough for the rFID to rest on a few hundred crops): PSNR,
-SSIM, LPIPS and rFID, for the model and, measured the same way on the same crops, for plain resizing (area down by the model's factor,
-bicubic up), which keeps about as many numbers per image as the latent and is what a VAE has to beat. Beside
-them, the PSNR the model's reconstructions would have if the colour of each latent pixel's block were exact (its
-brightness and detail kept): the distance between that and the model's PSNR is what it loses in colour. Appends
-the row to benchmarks/results/train_quality.json.
+SSIM, LPIPS and rFID, for the model and, measured the same way on the same crops, for plain resizing (area down
+by the model's factor, bicubic up), which keeps about as many numbers per image as the latent and is what a VAE
+has to beat. Beside them, the PSNR the model's reconstructions would have if the colour of each latent pixel's
+block were exact (its brightness and detail kept): the distance between that and the model's PSNR is what it
+loses in colour. Appends the row to benchmarks/results/train_quality.json.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import argparse
 
 from diffusers import AutoencoderKL
 
-from sd_custom_vae.hub import push_run
+from sd_custom_vae.cli.push import push_run
 
 
 def main(argv=None):

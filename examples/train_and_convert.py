@@ -34,7 +34,8 @@ def main(argv=None):
     print(conversion.convert_checkpoint(result.output / "model", ldm_file, to="ldm"))
     original = CustomAutoencoderKL.from_pretrained(result.output / "model")
     reloaded = CustomAutoencoderKL.from_single_file(ldm_file, scaling_factor=original.config.scaling_factor)
-    same = all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), reloaded.state_dict().values()))
+    pairs = zip(original.state_dict().values(), reloaded.state_dict().values(), strict=True)
+    same = all(torch.equal(a, b) for a, b in pairs)
     print(f"LDM round trip identical: {same}")
 
 

@@ -56,7 +56,7 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self.thread.start()
         return self
 
@@ -94,7 +94,8 @@ def _handler(hub: FakeHub):
             if hub.stall_seconds:
                 time.sleep(hub.stall_seconds)
             if hub.echo_authorization:
-                self._error(400, f"Bad request: could not validate header Authorization: {self.headers.get('Authorization')}")
+                self._error(400, "Bad request: could not validate header Authorization: "
+                                 f"{self.headers.get('Authorization')}")
                 return True
             return False
 

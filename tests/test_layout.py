@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).parents[1]
 PACKAGES = ("sd_custom_vae", "conversion")
 LAYERS = [
-    "sd_custom_vae.base", "sd_custom_vae.network", "sd_custom_vae.conversion", "sd_custom_vae.data", "sd_custom_vae.models", "sd_custom_vae.evaluation",
-    "sd_custom_vae.training", "sd_custom_vae.cli",
+    "sd_custom_vae.base", "sd_custom_vae.network", "sd_custom_vae.conversion", "sd_custom_vae.data",
+    "sd_custom_vae.models", "sd_custom_vae.evaluation", "sd_custom_vae.training", "sd_custom_vae.cli",
 ]
 MAX_LINES = 350
 
@@ -45,7 +45,8 @@ def import_graph() -> dict[str, set[str]]:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
                 module = ".".join([*base, *([node.module] if node.module else [])])
                 # `from package import submodule` imports the submodule; `from module import name`, the module
-                targets = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module for alias in node.names]
+                targets = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module
+                           for alias in node.names]
             else:
                 continue
             for target in targets:
@@ -140,7 +141,8 @@ def test_the_module_paths_0_2_documented_still_import_with_a_warning(monkeypatch
 
     for old, new in MOVED_MODULES.items():
         monkeypatch.delitem(sys.modules, f"sd_custom_vae.{old}", raising=False)
-        with pytest.warns(FutureWarning, match=f"sd_custom_vae.{old} is now sd_custom_vae.{new}; the old name stops working in sd-custom-vae 0.5"):
+        message = f"sd_custom_vae.{old} is now sd_custom_vae.{new}; the old name stops working in sd-custom-vae 0.5"
+        with pytest.warns(FutureWarning, match=message):
             module = importlib.import_module(f"sd_custom_vae.{old}")
         assert module is importlib.import_module(f"sd_custom_vae.{new}")
     # 0.2's evaluation module is a package now, with the same names

@@ -15,8 +15,8 @@ ROOT = Path(__file__).parents[1]
 
 @pytest.mark.slow
 def test_the_wheel_installs_and_its_command_runs(tmp_path):
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
+                    str(ROOT)], check=True, capture_output=True)
     wheel = next((tmp_path / "dist").glob("sd_custom_vae-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -29,7 +29,8 @@ def test_the_wheel_installs_and_its_command_runs(tmp_path):
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], check=True,
                    capture_output=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    where = subprocess.run([str(python), "-c", "import sd_custom_vae, conversion; print(sd_custom_vae.__file__, conversion.__file__)"],
+    script = "import sd_custom_vae, conversion; print(sd_custom_vae.__file__, conversion.__file__)"
+    where = subprocess.run([str(python), "-c", script],
                            cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
     assert str(ROOT) not in where and str(venv) in where
     command = venv / "bin" / "sd-custom-vae"
@@ -39,7 +40,8 @@ def test_the_wheel_installs_and_its_command_runs(tmp_path):
     from factories import tiny_vae
 
     save_file(tiny_vae().state_dict(), tmp_path / "vae.safetensors")
-    result = subprocess.run([str(command), "convert", str(tmp_path / "vae.safetensors"), str(tmp_path / "ldm.safetensors"),
-                             "--to", "ldm", "--norm-num-groups", "8"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    argv = [str(command), "convert", str(tmp_path / "vae.safetensors"), str(tmp_path / "ldm.safetensors"),
+            "--to", "ldm", "--norm-num-groups", "8"]
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "ldm.safetensors").is_file() and torch.cuda.is_available() in (True, False)

@@ -3,8 +3,9 @@
 Whatever goes wrong reaches the user as one line (what is wrong, where, what to do) and an exit
 code: 2 for bad input, 1 for a failure outside it (the Hub, the disk, a bug), 130 for Ctrl-C, 143 for a
 SIGTERM and 129 for a SIGHUP (a closed terminal), which, like Ctrl-C, let every half-written output be
-removed. Set ``SD_CUSTOM_VAE_TRACEBACK=1`` to see the traceback instead. Everything printed, argparse's own messages included, passes through
-``redact``: no token reaches the terminal, whoever wrote the text (a mistyped argument, a server's echo).
+removed. Set ``SD_CUSTOM_VAE_TRACEBACK=1`` to see the traceback instead. Everything printed, argparse's own
+messages included, passes through ``redact``: no token reaches the terminal, whoever wrote the text (a mistyped
+argument, a server's echo).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import itertools
 import os
 import signal
 import sys
@@ -171,7 +173,7 @@ def _stop_cleanly_on_signals(stack: contextlib.ExitStack) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    given = [value for flag, value in zip(argv, argv[1:]) if flag == "--token"]
+    given = [value for flag, value in itertools.pairwise(argv) if flag == "--token"]
     given += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--token=")]
     secrets = known_secrets(*given)
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show "→" gets "?", not an error after the work

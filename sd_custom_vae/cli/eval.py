@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         description="Reconstruct the same images with every VAE and print a table, with plain resizing (area down "
         "by each VAE's factor, bicubic up: what a VAE has to beat) measured the same way on the same crops; save it "
         "as eval.json with a PNG grid (original | each VAE | resizing). With --teacher: the latent relative error "
-        "and the PSNR of decoding the teacher's latents. A VAE is a run folder, a model or pipeline folder, a checkpoint file or a Hub name.",
+        "and the PSNR of decoding the teacher's latents. A VAE is a run folder, a model or pipeline folder, a "
+        "checkpoint file or a Hub name.",
     )
     add_model_argument(parser, "vaes", "the VAEs to compare", nargs="+", metavar="VAE")
     add_data_flags(parser, "default: the built-in validation photos")
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = {}
     for name in dict.fromkeys(args.vaes):
         loaded[name] = load_vae(name, torch.float32, args.subfolder).to(device)
-    vaes = {label: loaded[name] for label, name in zip(labels, args.vaes)}
+    vaes = {label: loaded[name] for label, name in zip(labels, args.vaes, strict=True)}
     teacher = load_vae(args.teacher, torch.float32, args.subfolder).to(device) if args.teacher else None
     if teacher is not None:
         for label, vae in vaes.items():

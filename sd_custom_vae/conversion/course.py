@@ -115,7 +115,7 @@ def from_course(state_dict: dict[str, torch.Tensor], source: str = "state dict")
             if tensor.shape[0] % 3:
                 raise UserError(f"{source}: {course!r} has shape {tuple(tensor.shape)}: "
                                  "not query, key and value stacked")
-            renamed.update(zip(ours, tensor.chunk(3, dim=0)))
+            renamed.update(zip(ours, tensor.chunk(3, dim=0), strict=True))
         else:
             renamed[ours] = tensor
     unknown = sorted(set(state_dict) - known)

@@ -19,8 +19,8 @@ The course's layout (``nn.Sequential`` indices, a fused ``in_proj``) is not a te
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torch import nn

@@ -115,13 +115,13 @@ class STLPIPS(nn.Module):
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "STLPIPS":
+    def train(self, mode: bool = True) -> STLPIPS:
         return super().train(False)  # dropout in the heads must stay off, even inside a training model
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         features_a, features_b = self.net(self.scaling_layer(a)), self.net(self.scaling_layer(b))
         distance = 0.0
-        for i, (fa, fb) in enumerate(zip(features_a, features_b)):
+        for i, (fa, fb) in enumerate(zip(features_a, features_b, strict=True)):
             fa = fa / (fa.square().sum(1, keepdim=True).sqrt() + 1e-10)
             fb = fb / (fb.square().sum(1, keepdim=True).sqrt() + 1e-10)
             distance = distance + getattr(self, f"lin{i}")((fa - fb).square()).mean([2, 3])

@@ -69,7 +69,7 @@ def reconstruction_quality(
     reconstructions = torch.cat(reconstructions)
     metrics = {"psnr": psnr(reconstructions, crops).mean().item(), "ssim": ssim(reconstructions, crops).mean().item()}
     if distance is not None:
-        pairs = zip(reconstructions.split(batch_size), crops.split(batch_size))
+        pairs = zip(reconstructions.split(batch_size), crops.split(batch_size), strict=True)
         metrics[distance_name] = torch.cat([distance(r, c) for r, c in pairs]).mean().item()
     return metrics, reconstructions
 
@@ -201,6 +201,6 @@ def format_table(reports: list[Report]) -> str:
     ]
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths)))
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
              for row in [header] + rows]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])

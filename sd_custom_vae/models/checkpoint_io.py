@@ -34,8 +34,8 @@ from ..conversion import (
 )
 from ..network.config import ARCHITECTURE_KEYS, CONFIG_KEYS, from_diffusers_config, to_diffusers_config
 from . import hub_repo
-from .scratch_vae import ScratchVAE
 from .resolver import HUB_OPTIONS, locate
+from .scratch_vae import ScratchVAE
 
 
 class AssumedConfigWarning(UserWarning):

@@ -203,7 +203,7 @@ def _decoded(vae, latents: torch.Tensor) -> torch.Tensor:
 def _error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """max |a - b| over the pairs; inf as soon as one pair has NaN or inf (Python's max would drop a NaN)."""
     largest = 0.0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         difference = (x - y).abs().max().item()
         if not math.isfinite(difference):
             return math.inf
@@ -301,7 +301,7 @@ def make_fp16_safe(vae, images: torch.Tensor, latents: torch.Tensor) -> Fp16Repo
     overflow = "" if safe else too_large or (f"first in {first_overflow[0]}" if first_overflow else "NaN in the output")
     if not safe:
         warnings.warn(f"float16 cannot be made safe: it still overflows ({overflow}); the VAE keeps its float32 "
-                      "function and force_upcast is set true, so pipelines decode it in float32")
+                      "function and force_upcast is set true, so pipelines decode it in float32", stacklevel=2)
     return Fp16Report(
         max_activation_before=max(measure.maximum.values()),
         # the scales are powers of two: every activation scales exactly with its part of the stream

@@ -47,7 +47,7 @@ class TilingConfig:
     max_memory: int = DEFAULT_MAX_MEMORY  # activations kept in memory, plus a tile's working set
     spill_dir: str | None = None  # where activations that do not fit go (default: the system's temporary folder)
 
-    def with_overrides(self, **overrides) -> "TilingConfig":
+    def with_overrides(self, **overrides) -> TilingConfig:
         overrides = {k: v for k, v in overrides.items() if v is not None}
         for key in ("tile_size", "max_memory"):
             value = overrides.get(key)

@@ -1,7 +1,7 @@
 """Layer 1, the network: the SD VAE's blocks, encoder and decoder, written from scratch in PyTorch.
 
-Imports only ``base`` of the project (and diffusers, whose attention mixin and processors its attention uses); ``conversion`` and every
-layer above build on it.
+Imports only ``base`` of the project (and diffusers, whose attention mixin and processors its attention uses);
+``conversion`` and every layer above build on it.
 """
 
 from .architecture import ARCHITECTURE_KEYS, DEFAULT, Architecture, downsampling_factor, validate_architecture

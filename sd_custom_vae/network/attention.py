@@ -26,7 +26,7 @@ class AttentionBlockProcessor:
     residual sum without autograd; uses the fused ``to_qkv`` projection after ``fuse_projections()``.
     """
 
-    def __call__(self, attn: "AttentionBlock", hidden_states: torch.Tensor, encoder_hidden_states=None,
+    def __call__(self, attn: AttentionBlock, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise UserError("a VAE attention block is self-attention without a mask")

@@ -11,6 +11,8 @@ and to the float16 rescale (``roles.py``).
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -206,7 +208,7 @@ class DownEncoderBlock2D(_Level):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, downsample: bool):
         super().__init__()
         channels = [in_channels] + [out_channels] * num_layers
-        self.resnets = nn.ModuleList(ResidualBlock(a, b, groups) for a, b in zip(channels, channels[1:]))
+        self.resnets = nn.ModuleList(ResidualBlock(a, b, groups) for a, b in pairwise(channels))
         self.downsamplers = nn.ModuleList([Downsample(out_channels)]) if downsample else None
 
     def parts(self) -> list[nn.Module]:
@@ -217,7 +219,7 @@ class UpDecoderBlock2D(_Level):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample: bool):
         super().__init__()
         channels = [in_channels] + [out_channels] * num_layers
-        self.resnets = nn.ModuleList(ResidualBlock(a, b, groups) for a, b in zip(channels, channels[1:]))
+        self.resnets = nn.ModuleList(ResidualBlock(a, b, groups) for a, b in pairwise(channels))
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if upsample else None
 
     def parts(self) -> list[nn.Module]:

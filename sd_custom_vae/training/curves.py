@@ -38,12 +38,12 @@ def save_loss_curve(history: list[dict], val_history: list[dict], path: str | os
     rows = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), dpi=100, squeeze=False)
     steps = [h["step"] for h in history]
-    for axis, name in zip(axes.flat, panels):
+    for axis, name in zip(axes.flat, panels, strict=False):  # the grid's last row may have more axes than panels
         if name in terms:
             values = [h.get(name) for h in history]
-            present = [(s, v) for s, v in zip(steps, values) if v is not None]
-            axis.plot(*zip(*present), linewidth=0.6, color="tab:blue", alpha=0.35, label="each step")
-            axis.plot(*zip(*_smoothed(present)), linewidth=1.4, color="tab:blue", label="smoothed")
+            present = [(s, v) for s, v in zip(steps, values, strict=True) if v is not None]
+            axis.plot(*zip(*present, strict=True), linewidth=0.6, color="tab:blue", alpha=0.35, label="each step")
+            axis.plot(*zip(*_smoothed(present), strict=True), linewidth=1.4, color="tab:blue", label="smoothed")
             if all(v > 0 for _, v in present):
                 axis.set_yscale("log")
             axis.legend(fontsize=8, loc="best", framealpha=0.6)  # where it covers the least of the curves

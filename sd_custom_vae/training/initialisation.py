@@ -154,7 +154,8 @@ def _extract(norm: nn.GroupNorm, conv: nn.Conv2d, channels: int, outputs: range,
     for row in free:
         conv.weight[row, other] = random[row, other]
     centre = conv.kernel_size[0] // 2
-    for c, (plus, minus, _, _) in zip(outputs, image_channels(channels)):
+    # the channels both sides have: a decoder with more outputs than image channels leaves the extra ones at 0
+    for c, (plus, minus, _, _) in zip(outputs, image_channels(channels), strict=False):
         std = math.sqrt(variance[plus // group_size])
         for index in (plus, minus):
             norm.weight[index], norm.bias[index] = std, SHIFT  # GroupNorm gives back ±x, shifted into SiLU's line

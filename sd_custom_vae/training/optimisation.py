@@ -26,7 +26,7 @@ def _schedule(config: TrainConfig, optimizer: torch.optim.Optimizer):
 def _set_peak(scheduler, peak: float) -> None:
     """Make `scheduler` (a LambdaLR, as diffusers builds them) continue at peak learning rate `peak`."""
     scheduler.base_lrs = [peak] * len(scheduler.base_lrs)
-    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
         group["initial_lr"] = peak
         group["lr"] = peak * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

@@ -45,7 +45,8 @@ def test_train_refuses_an_output_that_holds_a_previous_run(photos, tmp_path, cap
     assert main(train_flags(photos, run)) == 0
     capsys.readouterr()
     before = digest(run)
-    fails(train_flags(photos, run, "--steps", "3"), capsys, f"--output {run} already holds files", "--resume", "--overwrite")
+    fails(train_flags(photos, run, "--steps", "3"), capsys,
+          f"--output {run} already holds files", "--resume", "--overwrite")
     assert digest(run) == before
     assert main(train_flags(photos, run, "--steps", "4", "--checkpoint-every", "4", "--overwrite")) == 0
     assert sorted(p.name for p in (run / run_files.CHECKPOINTS_DIR).iterdir()) == ["step-000004"]
@@ -187,8 +188,8 @@ def test_decompression_bombs_and_undecodable_names_are_handled(tmp_path, monkeyp
 
 def test_nan_and_blown_up_weights_never_make_a_checkpoint(photos, tmp_path):
     config = load_config("tiny", data=str(photos), output=str(tmp_path / "run"), resolution=32, eval_resolution=32,
-                         final_resolution=0, batch_size=2, steps=6, checkpoint_every=1, learning_rate=1e30, warmup_steps=0,
-                         sample_every=100, eval_every=100)
+                         final_resolution=0, batch_size=2, steps=6, checkpoint_every=1, learning_rate=1e30,
+                         warmup_steps=0, sample_every=100, eval_every=100)
     with pytest.raises(TrainingDiverged, match="training stopped") as failure:
         train(config, progress=False)
     for folder in training_state.checkpoints(tmp_path / "run"):
@@ -246,7 +247,8 @@ def test_an_unrecorded_group_count_is_said_and_can_be_given(tmp_path, capsys):
     assert CustomAutoencoderKL.from_pretrained(tmp_path / "b").config.norm_num_groups == 16
     with pytest.warns(UserWarning, match="assumed norm_num_groups=32"):
         CustomAutoencoderKL.from_single_file(tmp_path / "bare.safetensors")
-    assert CustomAutoencoderKL.from_single_file(tmp_path / "bare.safetensors", norm_num_groups=16).config.norm_num_groups == 16
+    given = CustomAutoencoderKL.from_single_file(tmp_path / "bare.safetensors", norm_num_groups=16)
+    assert given.config.norm_num_groups == 16
 
 
 # -- failures outside the input: one line, nothing lost -----------------------------------------------------
@@ -264,7 +266,8 @@ def test_disk_full_says_so_and_keeps_what_was_there(photos, tmp_path, capsys, mo
     monkeypatch.setattr(formats, "save_file", full)
     fails(["convert", str(source), str(target), "--to", "ldm", "--norm-num-groups", "8", "--overwrite"], capsys,
           "disk full", code=1)
-    assert target.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]
 
     run = tmp_path / "run"
     monkeypatch.undo()
@@ -417,5 +420,6 @@ def test_an_unreachable_or_silent_hub_fails_in_one_line(tmp_path):
 def test_pushing_something_that_is_not_a_vae_is_refused(tmp_path, capsys):
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
-    fails(["push", str(tmp_path / "unet"), "user/x", "--token", TOKEN], capsys, "holds a UNet2DConditionModel, not a VAE")
+    fails(["push", str(tmp_path / "unet"), "user/x", "--token", TOKEN], capsys,
+          "holds a UNet2DConditionModel, not a VAE")
     assert TOKEN not in capsys.readouterr().err

@@ -11,8 +11,8 @@ from factories import CONFIGS, TINY, stock_autoencoder_kl, tiny_vae
 
 import conversion
 from conversion import convert_state_dict, detect_scheme, expected_shapes
-from sd_custom_vae.conversion.schemes import LEGACY, OURS, format_slot, parse_keys
 from sd_custom_vae import CustomAutoencoderKL, ScratchVAE
+from sd_custom_vae.conversion.schemes import LEGACY, OURS, format_slot, parse_keys
 
 TARGETS = ["diffusers", "ldm"]  # the course's layout holds one architecture only: test_course.py
 
@@ -60,7 +60,8 @@ def test_files_of_sd_custom_vae_0_2_are_read_in_their_names():
 
 def test_the_old_scratch_target_means_our_names_with_a_warning():
     state_dict = ScratchVAE(**TINY).state_dict()
-    with pytest.warns(FutureWarning, match="the output 'scratch' is now 'diffusers'; the old name stops working in sd-custom-vae 0.5"):
+    with pytest.warns(FutureWarning,
+                      match="the output 'scratch' is now 'diffusers'; the old name stops working in sd-custom-vae 0.5"):
         assert_identical(convert_state_dict(state_dict, "scratch", TINY), state_dict)
 
 
@@ -145,11 +146,13 @@ def test_ldm_file_loads_in_stock_diffusers_from_single_file(tmp_path):
     ours = tiny_vae()
     config_folder = tmp_path / "config"
     conversion.write_json(conversion.to_diffusers_config(dict(ours.config)), config_folder / "config.json")
-    conversion.save_checkpoint(conversion.as_checkpoint(ours.state_dict(), dict(ours.config)), tmp_path / "vae.safetensors", "ldm")
+    checkpoint = conversion.as_checkpoint(ours.state_dict(), dict(ours.config))
+    conversion.save_checkpoint(checkpoint, tmp_path / "vae.safetensors", "ldm")
     stock = AutoencoderKL.from_single_file(str(tmp_path / "vae.safetensors"), config=str(config_folder))
     image = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(stock.encode(image).latent_dist.mean, ours.encode(image).latent_dist.mean, rtol=0, atol=1e-5)
+        torch.testing.assert_close(stock.encode(image).latent_dist.mean, ours.encode(image).latent_dist.mean,
+                                   rtol=0, atol=1e-5)
         torch.testing.assert_close(stock(image).sample, ours(image).sample, rtol=0, atol=1e-5)
 
 

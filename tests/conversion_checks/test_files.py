@@ -38,10 +38,9 @@ def test_a_shard_outside_the_model_folder_is_refused(tmp_path, capsys, shard):
 
 def test_what_a_file_records_is_not_overridden(tmp_path, capsys):
     tiny_vae().save_pretrained(tmp_path / "vae")  # records norm_num_groups 8
-    fails(["convert", str(tmp_path / "vae"), str(tmp_path / "out.safetensors"), "--to", "ldm", "--norm-num-groups", "4"],
-          capsys, "records norm_num_groups=8, not 4")
-    fails(["convert", str(tmp_path / "vae"), str(tmp_path / "out.safetensors"), "--to", "ldm", "--norm-num-groups", "0"],
-          capsys, "--norm-num-groups must be at least 1, got 0")
+    convert = ["convert", str(tmp_path / "vae"), str(tmp_path / "out.safetensors"), "--to", "ldm"]
+    fails([*convert, "--norm-num-groups", "4"], capsys, "records norm_num_groups=8, not 4")
+    fails([*convert, "--norm-num-groups", "0"], capsys, "--norm-num-groups must be at least 1, got 0")
 
 
 def test_metadata_config_of_the_wrong_json_type_is_named(tmp_path, capsys):
@@ -67,7 +66,8 @@ def test_every_load_refuses_broken_weights(tmp_path, broken):
     weights = tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
     state_dict = dict(vae.state_dict())
     key = "decoder.conv_out.bias"
-    state_dict[key] = torch.full_like(state_dict[key], float("nan")) if broken == "nan" else torch.zeros(3, dtype=torch.int32)
+    nan = torch.full_like(state_dict[key], float("nan"))
+    state_dict[key] = nan if broken == "nan" else torch.zeros(3, dtype=torch.int32)
     save_file(state_dict, weights)
     message = "NaN or infinite" if broken == "nan" else "holds torch.int32 values"
     for load in (CustomAutoencoderKL.from_pretrained, load_vae):
@@ -96,7 +96,8 @@ def test_a_valid_name_of_254_characters_is_written(tmp_path, capsys):
     vae = tiny_vae()
     save_file(vae.state_dict(), tmp_path / "in.safetensors")
     name = "v" * (254 - len(".safetensors")) + ".safetensors"
-    out = conversion.convert_checkpoint(tmp_path / "in.safetensors", tmp_path / name, "ldm", config={"norm_num_groups": 8})
+    out = conversion.convert_checkpoint(tmp_path / "in.safetensors", tmp_path / name, "ldm",
+                                        config={"norm_num_groups": 8})
     assert (tmp_path / name).is_file() and out.output.endswith(name)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.safetensors", name])
 
@@ -105,7 +106,8 @@ def test_a_full_disk_inside_the_safetensors_writer_says_so(tmp_path, capsys, mon
     from safetensors import SafetensorError
 
     def full(*args, **kwargs):
-        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+        raise SafetensorError("Error while serializing: "
+                              "IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
 
     save_file(tiny_vae().state_dict(), tmp_path / "in.safetensors")
     monkeypatch.setattr(formats, "save_file", full)

@@ -51,7 +51,8 @@ def test_tensors_are_in_minus_one_to_one_and_round_trip():
 
 def test_random_crops_are_a_pure_function_of_seed_and_index():
     images = [Image.new("RGB", (50, 40), (i * 40, 0, 0)) for i in range(3)]
-    crops = RandomCrops([Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8))] + images, 16)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8))
+    crops = RandomCrops([noise] + images, 16)
     assert torch.equal(crops[7], crops[7])
     assert crops[7].shape == (3, 16, 16)
     assert not torch.equal(crops[7], crops[8])

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tarfile
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,8 @@ def shards(tmp_path) -> str:
 
 def train_argv(data: str, output: Path, *extra: str) -> list[str]:
     return ["train", "--no-progress", "--data", data, "--output", str(output), "--steps", "3", "--resolution", "32",
-            "--eval-resolution", "32", "--final-resolution", "0", "--batch-size", "2", "--checkpoint-every", "3", "--sample-every", "100",
-            "--eval-every", "100", *extra]
+            "--eval-resolution", "32", "--final-resolution", "0", "--batch-size", "2", "--checkpoint-every", "3",
+            "--sample-every", "100", "--eval-every", "100", *extra]
 
 
 def test_brace_patterns_expand_with_padding():
@@ -123,7 +124,7 @@ def test_webdataset_shards_by_brace_pattern_stream_disjoint_shares(shards, tmp_p
     assert len(data.val_crops) >= 1 and data.streaming
     held_out = {key for key in keys if bucket(key) < 0.25}
     crops = StreamCrops(source, 32, 0.25, seed=0)
-    seen = [number for number, _ in zip(range(40), crops.examples())]
+    seen = list(islice(crops.examples(), 40))
     assert len(seen) == 40  # it cycles through epochs, skipping the held-out keys
     first = next(crops.batches(4))
     again = next(StreamCrops(source, 32, 0.25, seed=0).batches(4))
@@ -153,7 +154,8 @@ def test_eval_and_calibrate_read_the_same_sources(parquet_folder, tmp_path, caps
 
 
 def test_train_with_gradient_checkpointing_and_data_workers(parquet_folder, tmp_path):
-    assert main(train_argv(str(parquet_folder), tmp_path / "run", "--gradient-checkpointing", "--num-workers", "1")) == 0
+    argv = train_argv(str(parquet_folder), tmp_path / "run", "--gradient-checkpointing", "--num-workers", "1")
+    assert main(argv) == 0
     config = json.loads((tmp_path / "run" / run_files.TRAIN_CONFIG).read_text())
     assert config["gradient_checkpointing"] is True and config["num_workers"] == 1
 
@@ -215,7 +217,8 @@ def test_each_process_of_accelerate_launch_streams_its_own_share(shards, tmp_pat
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                str(tmp_path / "probe.py"), shards, str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert all(rank["world"] == 2 for rank in ranks)

@@ -9,7 +9,8 @@ from PIL import Image
 from sd_custom_vae.data import protocol_crops
 from sd_custom_vae.evaluation import fid
 
-needs_weights = pytest.mark.skipif(not fid.available(), reason="the 'metrics' extra (FID Inception weights) is not installed")
+needs_weights = pytest.mark.skipif(not fid.available(),
+                                   reason="the 'metrics' extra (FID Inception weights) is not installed")
 
 
 @pytest.fixture(scope="module")

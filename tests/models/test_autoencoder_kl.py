@@ -59,7 +59,8 @@ def test_config_carries_what_pipelines_read():
     assert list(config.block_out_channels) == [32, 64] and config.latent_channels == 4
     defaults = AutoencoderKL().config
     ours = CustomAutoencoderKL().config
-    for key in ("scaling_factor", "force_upcast", "sample_size", "latent_channels", "layers_per_block", "norm_num_groups"):
+    for key in ("scaling_factor", "force_upcast", "sample_size", "latent_channels", "layers_per_block",
+                "norm_num_groups"):
         assert ours[key] == defaults[key], key
 
 

@@ -87,10 +87,12 @@ def test_convert_command_to_each_target(vae, tmp_path, capsys):
     assert "ldm scheme" in line and f"{len(vae.state_dict())} tensors" in line and "folder" in line
     assert json.loads((tmp_path / "folder" / "config.json").read_text())["_class_name"] == "AutoencoderKL"
 
-    assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "half.safetensors"), "--to", "diffusers", "--dtype", "fp16"]) == 0
+    assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "half.safetensors"), "--to", "diffusers",
+                 "--dtype", "fp16"]) == 0
     half = load_file(tmp_path / "half.safetensors")
     assert all(t.dtype == torch.float16 for t in half.values())
-    assert main(["convert", str(tmp_path / "half.safetensors"), str(tmp_path / "bf16.safetensors"), "--to", "ldm", "--dtype", "bf16"]) == 0
+    assert main(["convert", str(tmp_path / "half.safetensors"), str(tmp_path / "bf16.safetensors"), "--to", "ldm",
+                 "--dtype", "bf16"]) == 0
     assert load_file(tmp_path / "bf16.safetensors")["decoder.up.0.block.0.norm1.weight"].dtype == torch.bfloat16
 
 
@@ -150,7 +152,8 @@ def test_truncated_and_foreign_files(vae, tmp_path, capsys):
     save_file(ldm_state_dict(vae), tmp_path / "good.safetensors")
     data = (tmp_path / "good.safetensors").read_bytes()
     (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-    convert_fails(tmp_path, tmp_path / "truncated.safetensors", "out.safetensors", "not a readable safetensors file", capsys)
+    convert_fails(tmp_path, tmp_path / "truncated.safetensors", "out.safetensors", "not a readable safetensors file",
+                  capsys)
     (tmp_path / "text.safetensors").write_text("hello, I am not a checkpoint")
     convert_fails(tmp_path, tmp_path / "text.safetensors", "out.safetensors", "not a readable safetensors file", capsys)
     (tmp_path / "text.ckpt").write_text("hello")

@@ -180,7 +180,8 @@ def test_the_whole_stock_config_is_accepted(image):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"]), r"down_block_types.*AttnDownEncoderBlock2D.*'DownEncoderBlock2D'"),
+        (dict(down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"]),
+         r"down_block_types.*AttnDownEncoderBlock2D.*'DownEncoderBlock2D'"),
         (dict(up_block_types=["UpDecoderBlock2D"]), r"up_block_types lists 1 level\(s\) but block_out_channels has 2"),
         (dict(act_fn="gelu"), r"act_fn is 'gelu'; the supported value is 'silu'"),
         (dict(scaling_factor="banana"), r"scaling_factor must be a positive finite number, got 'banana'"),
@@ -227,12 +228,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(vae, image):
 
 def test_attention_processors_keyed_by_module_path_and_interchangeable(vae, image):
     expected = reconstruct(vae, image)
-    assert set(vae.attn_processors) == {"encoder.mid_block.attentions.0.processor", "decoder.mid_block.attentions.0.processor"}
+    assert set(vae.attn_processors) == {"encoder.mid_block.attentions.0.processor",
+                                        "decoder.mid_block.attentions.0.processor"}
     assert all(isinstance(p, AttentionBlockProcessor) for p in vae.attn_processors.values())
     for processor in (AttnProcessor(), AttnProcessor2_0()):
         vae.set_attn_processor(processor)
         torch.testing.assert_close(reconstruct(vae, image), expected, rtol=0, atol=1e-5)
-    vae.set_attn_processor({"encoder.mid_block.attentions.0.processor": AttnProcessor(), "decoder.mid_block.attentions.0.processor": AttnProcessor2_0()})
+    vae.set_attn_processor({"encoder.mid_block.attentions.0.processor": AttnProcessor(),
+                            "decoder.mid_block.attentions.0.processor": AttnProcessor2_0()})
     assert type(vae.decoder.mid_block.attentions[0].processor) is AttnProcessor2_0
     with pytest.raises(ValueError, match="number of processors"):
         vae.set_attn_processor({"encoder.mid_block.attentions.0.processor": AttnProcessor()})
@@ -243,7 +246,8 @@ def test_attention_processors_keyed_by_module_path_and_interchangeable(vae, imag
 def test_qkv_fusion_leaves_outputs_unchanged(vae, image):
     expected = reconstruct(vae, image)
     vae.fuse_qkv_projections()
-    assert vae.encoder.mid_block.attentions[0].fused_projections and hasattr(vae.encoder.mid_block.attentions[0], "to_qkv")
+    attention = vae.encoder.mid_block.attentions[0]
+    assert attention.fused_projections and hasattr(attention, "to_qkv")
     torch.testing.assert_close(reconstruct(vae, image), expected, rtol=0, atol=1e-5)
     vae.set_attn_processor(FusedAttnProcessor2_0())
     torch.testing.assert_close(reconstruct(vae, image), expected, rtol=0, atol=1e-5)
@@ -257,7 +261,8 @@ def test_qkv_fusion_leaves_outputs_unchanged(vae, image):
 
 
 @pytest.mark.parametrize(
-    "targets", [["to_q", "to_k", "to_v", "to_out.0"], ["conv1", "conv2", "conv_shortcut"], ["conv"]], ids=["attention", "resnets", "resamplers"]
+    "targets", [["to_q", "to_k", "to_v", "to_out.0"], ["conv1", "conv2", "conv_shortcut"], ["conv"]],
+    ids=["attention", "resnets", "resamplers"],
 )
 def test_lora_round_trip_fuse_and_disable(vae, image, targets, tmp_path):
     from peft import LoraConfig
@@ -336,7 +341,8 @@ def test_from_single_file_takes_diffusers_signature(stock_folder, image, tmp_pat
     ldm = conversion.convert_state_dict(stock.state_dict(), "ldm", conversion.from_diffusers_config(dict(stock.config)))
     save_file(ldm, tmp_path / "vae.safetensors")
     for source in (tmp_path / "vae.safetensors", ldm):
-        model = CustomAutoencoderKL.from_single_file(source, config=str(root / "pipe"), subfolder="vae", torch_dtype=torch.float32)
+        model = CustomAutoencoderKL.from_single_file(source, config=str(root / "pipe"), subfolder="vae",
+                                                     torch_dtype=torch.float32)
         torch.testing.assert_close(reconstruct(model, image), expected, rtol=0, atol=1e-5)
         assert model.config.norm_num_groups == TINY["norm_num_groups"]  # read from the config, not assumed
     half = CustomAutoencoderKL.from_single_file(ldm, config=dict(stock.config), torch_dtype=torch.float16)

@@ -46,7 +46,8 @@ def test_a_decode_runs_no_diffusers_network_code(vae):
         sys.setprofile(None)
     assert not {(file, name) for file, name in ran if file in NETWORK_FILES or name == "forward"}, ran
     # what does run: the offload hook's wrapper, the output dataclasses, the latent distribution, config and dtype
-    infrastructure = {"utils/accelerate_utils.py", "utils/outputs.py", "configuration_utils.py", "models/modeling_utils.py"}
+    infrastructure = {"utils/accelerate_utils.py", "utils/outputs.py", "configuration_utils.py",
+                      "models/modeling_utils.py"}
     assert {(f, n) for f, n in ran if f not in infrastructure} == {("models/autoencoders/vae.py", "__init__")}
 
 
@@ -100,7 +101,8 @@ def test_pipeline_fuses_qkv_projections_of_our_vae(tmp_path):
     def generate():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pipe("a dog", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+            return pipe("a dog", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                        output_type="np").images
 
     before = generate()
     pipe.fuse_qkv_projections()

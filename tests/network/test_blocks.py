@@ -20,10 +20,12 @@ def test_scratch_vae_forward_returns_reconstruction_mean_logvar():
 def test_module_names_are_diffusers_names():
     keys = ScratchVAE(**TINY).state_dict().keys()
     assert "encoder.down_blocks.0.resnets.0.conv1.weight" in keys
-    assert "encoder.mid_block.attentions.0.to_q.weight" in keys and "decoder.mid_block.attentions.0.to_out.0.bias" in keys
+    assert "encoder.mid_block.attentions.0.to_q.weight" in keys
+    assert "decoder.mid_block.attentions.0.to_out.0.bias" in keys
     assert "decoder.up_blocks.0.resnets.0.conv_shortcut.weight" not in keys  # same channels: no shortcut conv
     assert "decoder.up_blocks.1.resnets.0.conv_shortcut.weight" in keys  # 64 → 32 channels
-    assert "encoder.down_blocks.0.downsamplers.0.conv.weight" in keys and "decoder.up_blocks.0.upsamplers.0.conv.weight" in keys
+    assert "encoder.down_blocks.0.downsamplers.0.conv.weight" in keys
+    assert "decoder.up_blocks.0.upsamplers.0.conv.weight" in keys
     assert "encoder.conv_norm_out.weight" in keys
 
 
@@ -60,7 +62,7 @@ def test_upsample_phases_equal_nearest_then_conv_values_and_gradients(memory_for
     weights = torch.randn_like(literal)
     expected_grads = torch.autograd.grad((literal * weights).sum(), [x, upsample.conv.weight, upsample.conv.bias])
     grads = torch.autograd.grad((got * weights).sum(), [x, upsample.conv.weight, upsample.conv.bias])
-    for expected, actual in zip(expected_grads, grads):
+    for expected, actual in zip(expected_grads, grads, strict=True):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
 
 

@@ -120,7 +120,8 @@ def test_resume_from_another_folder_reads_the_same_images(photos, tmp_path, monk
     assert main(flags) == 0
     assert json.loads((first / "run" / TRAIN_CONFIG).read_text())["data"] == str(first / "photos")
     monkeypatch.chdir(second)  # its photos/ holds other images: the recorded absolute path is used
-    assert main(["train", "--no-progress", "--resume", str(first / "run"), "--steps", "3", "--checkpoint-every", "3"]) == 0
+    assert main(["train", "--no-progress", "--resume", str(first / "run"), "--steps", "3",
+                 "--checkpoint-every", "3"]) == 0
     fails(["train", "--no-progress", "--resume", str(first / "run"), "--steps", "4", "--data", "photos"], capsys,
           "was trained on", "--data now names")
 

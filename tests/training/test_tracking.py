@@ -23,7 +23,8 @@ def test_tensorboard_gets_every_term_the_validation_and_the_grid(photos, tmp_pat
     assert {e.step for e in events.Scalars("validation/psnr")} == {0, 2, 3}  # before training, every 2, the end
     assert "validation/reconstructions" in events.Tags()["images"]
     hyperparameters = yaml.safe_load(next((run / "tracking").rglob("hparams.yml")).read_text())
-    assert hyperparameters["learning_rate"] == 5e-4 and hyperparameters["model.block_out_channels"] == "[32, 64, 128, 128]"
+    assert hyperparameters["learning_rate"] == 5e-4
+    assert hyperparameters["model.block_out_channels"] == "[32, 64, 128, 128]"
 
 
 def test_wandb_runs_offline_with_the_whole_config(photos, tmp_path, monkeypatch):
@@ -45,5 +46,6 @@ def test_a_tracker_that_is_not_installed_is_named(photos, tmp_path, capsys, monk
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    fails(train_flags(photos, tmp_path / "run", "--report-to", "wandb"), capsys, "--report-to wandb needs the wandb package")
+    fails(train_flags(photos, tmp_path / "run", "--report-to", "wandb"), capsys,
+          "--report-to wandb needs the wandb package")
     assert not (tmp_path / "run").exists()

@@ -50,13 +50,15 @@ def test_first_validation_beats_untrained_reconstruction(tmp_path):
     config = load_config("tiny", steps=40, output=str(tmp_path / "run"), init="random",
                          **dict(FAST, eval_every=1, sample_every=40))
     result = train(config, progress=False)
-    val = json.loads((result.output / run_files.CHECKPOINTS_DIR / "step-000040" / "state.json").read_text())["val_history"]
+    state = result.output / run_files.CHECKPOINTS_DIR / "step-000040" / "state.json"
+    val = json.loads(state.read_text())["val_history"]
     assert [v["step"] for v in val] == list(range(41))
     assert val[-1]["psnr"] > val[0]["psnr"] + 2  # dB
 
 
 def test_checkpoints_are_pruned_and_loadable(tmp_path):
-    config = load_config("tiny", steps=6, output=str(tmp_path / "run"), **dict(FAST, checkpoint_every=2, keep_checkpoints=2))
+    config = load_config("tiny", steps=6, output=str(tmp_path / "run"),
+                         **dict(FAST, checkpoint_every=2, keep_checkpoints=2))
     train(config, progress=False)
     kept = sorted(p.name for p in (tmp_path / "run" / run_files.CHECKPOINTS_DIR).iterdir())
     assert kept == ["step-000004", "step-000006"]  # and no leftover temporary folder
@@ -100,8 +102,8 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "sd_custom_vae.cli", "train", "--no-progress", *args]
 
 
-FAST_FLAGS = ["--resolution", "32", "--eval-resolution", "32", "--final-resolution", "0", "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "2",
-              "--eval-every", "100", "--sample-every", "100"]
+FAST_FLAGS = ["--resolution", "32", "--eval-resolution", "32", "--final-resolution", "0", "--batch-size", "4",
+              "--lr", "1e-3", "--warmup-steps", "2", "--eval-every", "100", "--sample-every", "100"]
 
 
 @pytest.mark.slow
@@ -135,8 +137,9 @@ def test_kill_then_resume_gives_the_uninterrupted_weights(tmp_path):
 @pytest.mark.slow
 def test_two_processes_with_accelerate_launch(tmp_path):
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sd_custom_vae.cli", "train", "--no-progress",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "sd_custom_vae.cli", "train", "--no-progress",
         *FAST_FLAGS, "--steps", "4", "--checkpoint-every", "4", "--output", str(tmp_path / "run"),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -179,7 +182,8 @@ def test_distillation_learns_the_teachers_latent_space(tmp_path, teacher_folder)
 
 
 def result_history(run: Path) -> list[dict]:
-    return json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())["val_history"]
+    last = sorted((run / "checkpoints").glob("step-*"))[-1]
+    return json.loads((last / "state.json").read_text())["val_history"]
 
 
 def test_decoder_finetune_keeps_the_teachers_encoder(tmp_path, teacher_folder):
@@ -217,7 +221,8 @@ def test_train_command_takes_the_teacher_flags():
     )
     config = resolve_config(args)
     assert (config.mode, config.teacher, config.student_width, config.latent_weight) == ("distill", "sd-vae", 0.5, 2.0)
-    args = build_parser().parse_args(["train", "--mode", "decoder-finetune", "--teacher", "t", "--decoder-init", "random"])
+    args = build_parser().parse_args(["train", "--mode", "decoder-finetune", "--teacher", "t",
+                                      "--decoder-init", "random"])
     config = resolve_config(args)
     assert (config.preset, config.mode, config.decoder_init) == ("tiny", "decoder-finetune", "random")
 
@@ -229,7 +234,8 @@ def test_compiled_run_crosses_the_crop_phases_and_exports(tmp_path):
     model = dict(block_out_channels=(16,), layers_per_block=1, latent_channels=4, norm_num_groups=4,
                  mid_block_add_attention=False)
     config = load_config("tiny", steps=4, model=model, output=str(tmp_path / "run"), compile=True,
-                         **dict(FAST, resolution=16, final_resolution=32, final_fraction=0.5, eval_every=4, sample_every=4))
+                         **dict(FAST, resolution=16, final_resolution=32, final_fraction=0.5, eval_every=4,
+                                sample_every=4))
     result = train(config, progress=False)
     metrics = json.loads((result.output / run_files.METRICS_FILE).read_text())
     assert metrics["steps"] == 4 and "compile_s" in metrics and torch.isfinite(torch.tensor(metrics["psnr"]))
