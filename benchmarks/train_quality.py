@@ -63,7 +63,9 @@ def main() -> None:
     colour_fixed = colour_fixed_psnr(vae, held_out, factor)
     row = {
         "preset": metrics["preset"], "steps": metrics["steps"], "resolution": config["resolution"],
-        "final_resolution": config.get("final_resolution"), "learning_rate": config["learning_rate"],
+        "final_resolution": config.get("final_resolution"),
+        "final_alternate_resolution": config.get("final_alternate_resolution"),
+        "learning_rate": config["learning_rate"],
         "seed": config["seed"], "reconstruction": config["reconstruction"], "model": config["model"],
         "init": config.get("init"), "parameters": metrics["parameters"],
         "mixed_precision": metrics.get("mixed_precision"),
