@@ -22,7 +22,7 @@ import torch
 from results_file import append_row
 
 from sd_custom_vae import CustomAutoencoderKL
-from sd_custom_vae.models.fp16 import calibration_images, calibration_latents, make_fp16_safe
+from sd_custom_vae.models.fp16_rescale import calibration_images, calibration_latents, make_fp16_safe
 
 CONFIGS = {
     "tiny": dict(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8),

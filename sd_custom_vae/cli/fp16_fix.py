@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..conversion import as_checkpoint, save_checkpoint
     from ..data import evaluation_crops, read_images
     from ..models import load_vae
-    from ..models.fp16 import calibration_latents, make_fp16_safe
+    from ..models.fp16_rescale import calibration_latents, make_fp16_safe
     from . import pick_device, positive
 
     positive("--images", args.images)

@@ -23,7 +23,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from ..base.errors import UserError
 from ..network import DEFAULT, Architecture, AttentionBlockProcessor, NearestUpsampleConv2d, VAEModules, check_input
 from ..network.config import DIFFUSERS_DOWN_BLOCK, DIFFUSERS_UP_BLOCK, LATENT_SPACE, validate_config
-from . import fp16, tiling
+from . import fp16_rescale, tiling
 from .checkpoint_io import CheckpointIO
 
 
@@ -134,17 +134,17 @@ class CustomAutoencoderKL(
 
     def make_fp16_safe(
         self, images: torch.Tensor | None = None, latents: torch.Tensor | None = None
-    ) -> fp16.Fp16Report:
+    ) -> fp16_rescale.Fp16Report:
         """Rescale this VAE's activations, exactly and without training, so that it runs in float16 without
-        overflow; sets ``force_upcast`` False. See ``fp16.py``.
+        overflow; sets ``force_upcast`` False. See ``fp16_rescale.py``.
 
         Args:
             images: Images in [-1, 1] to measure the encoder on (default: crops of the built-in photos).
             latents: Latents to measure the decoder on (default: random latents of a diffusion model's spread).
         """
-        images = fp16.calibration_images() if images is None else images
-        latents = fp16.calibration_latents(self) if latents is None else latents
-        return fp16.make_fp16_safe(self, images.to(self.device), latents.to(self.device))
+        images = fp16_rescale.calibration_images() if images is None else images
+        latents = fp16_rescale.calibration_latents(self) if latents is None else latents
+        return fp16_rescale.make_fp16_safe(self, images.to(self.device), latents.to(self.device))
 
     # -- attention -----------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """What a block tells the algorithms that walk the whole network about itself.
 
 Two such algorithms run over an encoder or decoder block by block: exact tiling (``models/tiling.py``)
-and the exact float16 rescale (``models/fp16.py``). Neither knows the block classes: each block
+and the exact float16 rescale (``models/fp16_rescale.py``). Neither knows the block classes: each block
 describes itself with ``tile_steps()`` and ``stream_roles()``, so a new kind of block is one class
 with those two methods.
 """
@@ -38,7 +38,7 @@ class StreamRole:
     residual and attention block adds to, and each resampler or shortcut conv carries to the next level.
 
     GroupNorm ignores the scale of its input, so the stream can be multiplied by any s > 0 between two
-    layers that write into it (see ``models/fp16.py``): ``writes`` are scaled by the stream's new scale,
+    layers that write into it (see ``models/fp16_rescale.py``): ``writes`` are scaled by the stream's new scale,
     ``carries`` (input: the incoming stream, output: a new stream) by new/old, and a ``branch`` conv whose
     output feeds only a GroupNorm can be scaled freely.
     """

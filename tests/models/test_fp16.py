@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL
 from factories import tiny_vae
 
 from sd_custom_vae.cli import main
-from sd_custom_vae.models.fp16 import FP16_MAX, HEADROOM, calibration_latents
+from sd_custom_vae.models.fp16_rescale import FP16_MAX, HEADROOM, calibration_latents
 from sd_custom_vae.models.half_precision import emulated_float16
 
 BLOW_UP = 2.0**14
