@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .images import read_image
+from .image_file import read_image
 from .sources import MapSource
 
 # Photos inside the scikit-image, scikit-learn and foolbox wheels; nothing is downloaded.

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..base.errors import UserError
 from .colour import rotate_hue
-from .images import at_least, to_tensor
+from .image_file import at_least, to_tensor
 from .sources import StreamSource, bucket
 
 # How evaluation images become crops: fixed crops of every image, or the sd-vae-ft-mse model card's protocol

@@ -1,6 +1,6 @@
 """Images read through 🤗 ``datasets``: a Hub dataset, a ``save_to_disk`` folder, parquet/arrow files, WebDataset
 shards. Its caching, its streaming (``--streaming``, and always for WebDataset shards) and its Hub access are
-used as they are; the images are decoded here (``images.decode_value``), as every other image is.
+used as they are; the images are decoded here (``image_file.decode_value``), as every other image is.
 
 The image column is the one whose feature is ``Image`` (for WebDataset: the jpg/jpeg/png/webp key each
 sample has), or ``--image-column``.
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from ..base.errors import UserError
-from .images import decode_value
+from .image_file import decode_value
 from .sources import DataOptions, MapSource, StreamSource
 
 SHARD_SUFFIX = ".tar"

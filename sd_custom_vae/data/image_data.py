@@ -13,7 +13,7 @@ from PIL import Image
 from ..base.errors import UserError
 from .builtin import builtin_held_out
 from .crops import evaluation_crops
-from .images import LoadReport, at_least, prepare_images
+from .image_file import LoadReport, at_least, prepare_images
 from .opener import open_source
 from .sources import DataOptions, MapSource, StreamSource, take
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..base.errors import UserError
 from .builtin import builtin_source
 from .hf_datasets import SHARD_SUFFIX, from_datasets, webdataset, webdataset_shards
-from .images import IMAGE_SUFFIXES, read_image
+from .image_file import IMAGE_SUFFIXES, read_image
 from .sources import DataOptions, MapSource, StreamSource
 
 BUILTIN = "builtin"

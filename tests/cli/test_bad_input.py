@@ -22,7 +22,7 @@ from sd_custom_vae.base import files as base_files
 from sd_custom_vae.cli import main
 from sd_custom_vae.conversion import formats
 from sd_custom_vae.data import load_image_data
-from sd_custom_vae.data.images import read_image
+from sd_custom_vae.data.image_file import read_image
 from sd_custom_vae.models import run_files
 from sd_custom_vae.training import TrainingDiverged, load_config, train
 from sd_custom_vae.training import checkpoints as training_state

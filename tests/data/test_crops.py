@@ -15,7 +15,7 @@ from sd_custom_vae.data import (
     to_image,
 )
 from sd_custom_vae.data.colour import rotate_hue
-from sd_custom_vae.data.images import to_tensor
+from sd_custom_vae.data.image_file import to_tensor
 from sd_custom_vae.data.opener import find_images, folder_source
 
 
