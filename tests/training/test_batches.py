@@ -1,10 +1,8 @@
 """The batches a run sees: its phases and, in a final phase with two sides, their turns; a resume at any step
 continues with exactly the batches the uninterrupted run would have seen."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sd_custom_vae.data import load_image_data
 from sd_custom_vae.training.batches import BatchFeed, phases
@@ -15,12 +13,8 @@ CONFIG = dict(resolution=16, final_resolution=32, final_alternate_resolution=64,
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return load_image_data(str(folder), 16, val_fraction=0.2, eval_resolution=16)
+def data(photos):
+    return load_image_data(str(photos), 16, val_fraction=0.2, eval_resolution=16)
 
 
 def test_the_final_phase_takes_turns_between_its_sides_with_as_many_pixels_per_batch():
