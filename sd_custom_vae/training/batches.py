@@ -55,26 +55,27 @@ class BatchFeed:
     def __init__(self, config: TrainConfig, data: ImageData, rank: int, processes: int, device: torch.device,
                  step: int):
         self.config, self.data, self.rank, self.processes, self.device = config, data, rank, processes, device
+        self.phases = phases(config)
         self.phase = self._phase(step)
         self.streams = self._streams(step)
-        self.batch_size = phases(config)[self.phase][1][0][1]  # images per micro-batch of the latest batch
+        self.batch_size = self.phases[self.phase][1][0][1]  # images per micro-batch of the latest batch
 
     def _phase(self, step: int) -> int:
-        return max(i for i, (first, _) in enumerate(phases(self.config)) if step >= first)
+        return max(i for i, (first, _) in enumerate(self.phases) if step >= first)
 
     def batch(self, step: int) -> torch.Tensor:
         """The next micro-batch of optimizer step `step` (called once per gradient-accumulation micro-step)."""
         if self._phase(step) != self.phase:  # the final phase begins: larger crops
             self.phase = self._phase(step)
             self.streams = self._streams(step)
-        first, sides = phases(self.config)[self.phase]
+        first, sides = self.phases[self.phase]
         turn = (step - first) % len(sides)
         self.batch_size = sides[turn][1]
         return next(self.streams[turn])
 
     def _streams(self, step: int) -> list[Iterator[torch.Tensor]]:
         """Each side's batches of the current phase, from the first that a step at or after `step` takes."""
-        first, sides = phases(self.config)[self.phase]
+        first, sides = self.phases[self.phase]
         turns, accumulation = len(sides), self.config.gradient_accumulation
         # side k serves the phase's steps k, k + turns, ...: the next one at or after `step` is its batch number
         return [self._batches(side, batch_size, (step - first + turns - 1 - k) // turns * accumulation,

@@ -182,16 +182,14 @@ class TrainConfig:
         if self.init != "random" and self.mode == "decoder-finetune":
             raise UserError(f"option init (--init) {self.init} starts a new network: it applies to --mode new and "
                              "distill, not decoder-finetune (which starts from --teacher's weights)")
-        if self.final_resolution and self.final_resolution <= self.resolution:
-            raise UserError(f"option final_resolution (--final-resolution) "
-                             f"must be 0 (off) or larger than --resolution "
-                             f"{self.resolution}, got {self.final_resolution}")
         if self.final_alternate_resolution and not self.final_resolution:
             raise UserError("option final_alternate_resolution (--final-alternate-resolution) takes turns with "
                              "--final-resolution, which is off: give both, or 0 for this one")
-        if self.final_alternate_resolution and self.final_alternate_resolution <= self.resolution:
-            raise UserError(f"option final_alternate_resolution (--final-alternate-resolution) must be 0 (off) or "
-                             f"larger than --resolution {self.resolution}, got {self.final_alternate_resolution}")
+        for name in ("final_resolution", "final_alternate_resolution"):
+            side = getattr(self, name)
+            if side and side <= self.resolution:
+                raise UserError(f"option {name} (--{name.replace('_', '-')}) must be 0 (off) or larger than "
+                                 f"--resolution {self.resolution}, got {side}")
         # validation measures SSIM on the evaluation crops, and the perceptual term runs ST-LPIPS on the training ones
         check_crop_side(self.eval_resolution or self.resolution,
                         "--eval-resolution" if self.eval_resolution else "--resolution")

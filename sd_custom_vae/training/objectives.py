@@ -64,7 +64,10 @@ class Objective:
         return dict(self.config.model)
 
     def prepare(self, vae: ScratchVAE) -> None:
-        """Initialise or freeze parts of the freshly built model before the optimizer sees it."""
+        """Initialise or freeze parts of the freshly built model before the optimizer sees it: by default, its start
+        as resizing where the config asks for it (``--init``; decoder-finetune starts from its teacher instead)."""
+        if self.config.init == "resizing":
+            start_as_resizing(vae)
 
     def terms(self, model, images: torch.Tensor, step: int, noise: torch.Generator, last_layer) -> StepOutput:
         """The loss terms of one micro-step at optimizer step `step`; `noise` draws the latent samples."""
@@ -84,10 +87,6 @@ class NewLatentSpace(Objective):
     """A new VAE with a latent space of its own: the course's objective, reconstruction + β·KL."""
 
     mode = "new"
-
-    def prepare(self, vae: ScratchVAE) -> None:
-        if self.config.init == "resizing":
-            start_as_resizing(vae)
 
     def terms(self, model, images: torch.Tensor, step: int, noise: torch.Generator, last_layer) -> StepOutput:
         reconstruction, mean, logvar = model(images, generator=noise)
@@ -143,10 +142,6 @@ class Distill(TeacherObjective):
     """A student encoder regressed onto the teacher's latent distribution, a student decoder trained on its latents."""
 
     mode = "distill"
-
-    def prepare(self, vae: ScratchVAE) -> None:
-        if self.config.init == "resizing":
-            start_as_resizing(vae)
 
     def architecture(self) -> dict:
         if not self.config.model:
